@@ -1,0 +1,137 @@
+"""The `sightwise` command: one subcommand per stage, each parse -> config -> one call.
+
+User errors (bad data, bad arguments, unusable bundles) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from sightwise.errors import SightwiseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Sightwise: train, prove, export and serve image classifiers offline.")
+
+
+def user_errors(fn):
+    """Turn expected failures into one line on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (SightwiseError, ValueError, KeyError, FileNotFoundError) as exc:
+            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+            typer.echo(f"error: {msg}", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def _log(msg: str) -> None:
+    typer.echo(msg, err=True)
+
+
+@app.command()
+@user_errors
+def train(
+    data: Annotated[str, typer.Argument(help="Folder of class folders, split folders "
+                                        "(train/val/test), a CSV manifest or a .npz file.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder to write.")],
+    strategy: Annotated[str, typer.Option(help="auto | linear-probe | finetune | scratch")] = "auto",
+    model: Annotated[str | None, typer.Option(help="Backbone (see `sightwise models-available`).")] = None,
+    budget: Annotated[str | None, typer.Option(help="Wall-clock bound, e.g. 3m, 600s, 1h.")] = None,
+    img_size: Annotated[int | None, typer.Option(help="Input size (default: the model's).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for splits, init and order.")] = 0,
+    epochs: Annotated[int, typer.Option(help="Maximum fine-tuning epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="Backbone learning rate (fine-tune).")] = 3e-4,
+    unfreeze: Annotated[str, typer.Option(help="all | last-N backbone stages.")] = "all",
+    augment: Annotated[str, typer.Option(help="default | strong | none")] = "default",
+    balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
+    labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
+    drop_leakage: Annotated[bool, typer.Option(help="Drop files duplicated across splits.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Train a classifier and write metrics.json, report.html and bundle/ into OUT."""
+    from sightwise.config import TrainConfig, parse_duration
+    from sightwise.train.pipeline import run_training
+
+    cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
+                      budget_s=parse_duration(budget), img_size=img_size, seed=seed,
+                      epochs=epochs, batch_size=batch_size, lr=lr, unfreeze=unfreeze,
+                      augment=augment, balance=balance, labels=labels,
+                      drop_leakage=drop_leakage, progress=progress)
+    run_training(cfg, log=_log)
+    _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
+
+
+@app.command()
+@user_errors
+def predict(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder (RUN/bundle).")],
+    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show.")] = 3,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Top-k classes with calibrated probabilities for each image."""
+    from sightwise.predict import predict_files
+
+    preds = predict_files(bundle, images, top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps([_pred_dict(p) for p in preds], indent=2))
+    else:
+        for p in preds:
+            if p.error:
+                typer.echo(f"{p.source}: error: {p.error}")
+            else:
+                tops = ", ".join(f"{c.label} {c.probability:.3f}" for c in p.top)
+                typer.echo(f"{p.source}: {tops}")
+    if any(p.error for p in preds):
+        sys.exit(1)
+
+
+def _pred_dict(p) -> dict:
+    return {"image": p.source, "error": p.error,
+            "predictions": [{"label": c.label, "probability": c.probability} for c in p.top]}
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder.")] = "runs/demo",
+    budget: Annotated[str, typer.Option(help="Training budget.")] = "3m",
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """End to end on data that ships with scikit-image: make texture tiles, train, report."""
+    from sightwise.config import TrainConfig, parse_duration
+    from sightwise.data.demo import make_texture_dataset
+    from sightwise.train.pipeline import run_training
+
+    data = make_texture_dataset(Path(out) / "data")
+    _log(f"made a 6-class texture dataset in {data}")
+    cfg = TrainConfig(data=str(data), out=out, budget_s=parse_duration(budget), img_size=128,
+                      progress=progress)
+    run_training(cfg, log=_log)
+    _log(f"open {Path(out) / 'report.html'}; try: sightwise predict {Path(out) / 'bundle'} "
+         f"{data / 'brick' / 'brick_000.png'}")
+
+
+@app.command("models-available")
+def models_available() -> None:
+    """List the backbones this installation can build."""
+    from sightwise.models.registry import list_backbones
+
+    for spec in list_backbones():
+        w = "ImageNet weights" if spec.has_pretrained else "from scratch only"
+        typer.echo(f"{spec.name:20s} {w:18s} {spec.preprocessing.size}px  {spec.description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

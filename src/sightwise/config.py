@@ -1,0 +1,75 @@
+"""Frozen configuration per stage; the resolved config is saved with every run."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+STRATEGIES = ("auto", "linear-probe", "finetune", "scratch")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str
+    out: str
+    strategy: str = "auto"
+    model: str | None = None  # None: efficientnet_lite0, or small_resnet for scratch
+    budget_s: float | None = None  # wall-clock bound on decode + features + training
+    img_size: int | None = None  # None: the backbone's own (224 for Lite0)
+    seed: int = 0
+    batch_size: int = 32
+    epochs: int = 30  # an upper bound; early stopping and the budget usually end sooner
+    lr: float = 3e-4
+    head_lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    unfreeze: str = "all"  # "all" or "last-N" (the last N backbone stages train)
+    patience: int = 4
+    balance: str = "auto"  # auto (weighted loss above 3:1), weighted, none
+    augment: str = "default"  # default (crop, h-flip, colour), strong (+ v-flip, rot90), none
+    drop_leakage: bool = False
+    labels: str = "top"  # class = top folder, or "leaf" = the whole folder path
+    workers: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
+        if self.balance not in ("auto", "weighted", "none"):
+            raise ValueError("balance must be auto, weighted or none")
+        if self.augment not in ("default", "strong", "none"):
+            raise ValueError("augment must be default, strong or none")
+        if not (self.unfreeze == "all" or re.fullmatch(r"last-\d+", self.unfreeze)):
+            raise ValueError("unfreeze must be 'all' or 'last-N'")
+        if self.labels not in ("top", "leaf"):
+            raise ValueError("labels must be top or leaf")
+
+    @property
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        return "small_resnet" if self.strategy == "scratch" else "efficientnet_lite0"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'90s', '10m', '1.5h' or plain seconds -> seconds; None stays None.
+
+    >>> parse_duration("10m"), parse_duration("90"), parse_duration("1.5h")
+    (600.0, 90.0, 5400.0)
+    """
+    if text is None or str(text).strip() == "":
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text).lower())
+    if not m:
+        raise ValueError(f"cannot read duration {text!r}; use e.g. 90s, 10m, 1h")
+    value = float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    if value <= 0:
+        raise ValueError("duration must be positive")
+    return value

@@ -1,0 +1,130 @@
+"""Safe image decoding: allowlisted formats, a pixel limit, EXIF orientation, RGB out.
+
+Torch-free on purpose: the trainer's cache and `sightwise.runtime` (server, edge) decode
+through this one function, so both see the same pixels.
+
+Why each check exists:
+- a format allowlist, because Pillow also opens formats (EPS via Ghostscript, ICNS, ...) that
+  an upload should never reach;
+- a pixel limit read from the header *before* decoding, because a 30000 x 30000 PNG is a few
+  KB on disk and gigabytes in memory (a decompression bomb);
+- `exif_transpose`, because phone photos store rotation in EXIF and a model trained on
+  unrotated pixels sees sideways images.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from sightwise.errors import ImageDecodeError
+
+ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
+# 40 megapixels: above any camera or scanner image a user trains on, far below a bomb.
+DEFAULT_MAX_PIXELS = 40_000_000
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def decode_image(
+    source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decode `source` (a path or the file's bytes) into an RGB Pillow image.
+
+    Raises `ImageDecodeError` with a short reason for anything unusable.
+
+    >>> import io, numpy as np
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.fromarray(np.zeros((4, 6), np.uint8)).save(buf, "PNG")
+    >>> decode_image(buf.getvalue()).size, decode_image(buf.getvalue()).mode
+    ((6, 4), 'RGB')
+    >>> decode_image(b"hello")
+    Traceback (most recent call last):
+    ...
+    sightwise.errors.ImageDecodeError: not an image (unrecognised format)
+    """
+    data = _read_bytes(source)
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unrecognised format)") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # Pillow's header parsers raise these
+        raise ImageDecodeError(f"unreadable image header ({exc})") from None
+    with img:
+        if img.format not in ALLOWED_FORMATS:
+            raise ImageDecodeError(f"format {img.format} not allowed")
+        width, height = img.size
+        if width * height > max_pixels:
+            raise ImageDecodeError(
+                f"{width}x{height} pixels exceeds the limit of {max_pixels:,} "
+                "(possible decompression bomb)"
+            )
+        if width == 0 or height == 0:
+            raise ImageDecodeError("image has zero width or height")
+        try:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+        except Image.DecompressionBombError as exc:
+            raise ImageDecodeError(f"decompression bomb ({exc})") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as exc:
+            # Truncated JPEGs raise OSError("image file is truncated ...") here.
+            raise ImageDecodeError(f"corrupt or truncated image data ({exc})") from None
+
+
+def _read_bytes(source: str | Path | bytes) -> bytes:
+    if isinstance(source, bytes | bytearray | memoryview):
+        return bytes(source)
+    path = Path(source)
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a directory") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read file ({exc.strerror})") from None
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB.
+
+    16/32-bit integer images are scaled from their type's full range (65535 for 16-bit),
+    not min-max stretched, so the same intensity means the same pixel in every image.
+    Transparent pixels are composited on white, the usual product-photo background.
+    """
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
+        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def array_to_image(arr: np.ndarray) -> Image.Image:
+    """An in-memory array (H,W), (H,W,1), (H,W,3) or (H,W,4), any integer dtype, as RGB."""
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.dtype != np.uint8:
+        top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
+        arr = np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return to_rgb(Image.fromarray(arr))
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")

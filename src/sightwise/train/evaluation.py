@@ -1,0 +1,114 @@
+"""Evaluate the chosen model on the test split: calibration, metrics, figures, report."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+
+from sightwise.bundle import atomic_write_json
+from sightwise.evaluate.calibration import fit_temperature, softmax
+from sightwise.evaluate.figures import (
+    plot_confusion_matrix,
+    plot_mistakes_grid,
+    plot_reliability_diagram,
+)
+from sightwise.evaluate.metrics import classification_metrics
+from sightwise.evaluate.report import write_report
+
+
+def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> dict:
+    classes = data.dataset.classes
+    cache = data.cache
+    x_test, y_test = cache.subset("test")
+    _, y_val = cache.subset("val")
+    temperature = fit_temperature(trained.val_logits, y_val) if len(y_val) else 1.0
+    probs_raw = softmax(trained.test_logits)
+    probs = softmax(trained.test_logits, temperature)
+    test = classification_metrics(y_test, probs, classes, seed=cfg.seed,
+                                  probs_uncalibrated=probs_raw)
+    val_acc = float((trained.val_logits.argmax(1) == y_val).mean()) if len(y_val) else None
+    metrics = {
+        "test": test,
+        "val": {"n": int(len(y_val)), "accuracy": val_acc},
+        "data": {
+            "manifest_sha256": data.manifest_sha256,
+            "layout": data.dataset.layout,
+            "classes": classes,
+            "split_counts": data.dataset.counts(),
+            "n_images": len(cache.samples),
+            "skipped": [{"path": s.source, "reason": s.reason} for s in data.skipped],
+            "leakage": data.leakage,
+        },
+        "calibration": {"temperature": float(temperature)},
+        "strategy": {"requested": cfg.strategy, "chosen": trained.strategy,
+                     "candidates": trained.candidates},
+        "model": cfg.model_name,
+        "preprocessing": pre.to_dict(),
+        "history": trained.history,
+        "timing": {"decode_seconds": data.decode_seconds,
+                   "train_seconds": trained.train_seconds,
+                   "budget_seconds": cfg.budget_s,
+                   "total_seconds": budget.elapsed()},
+    }
+    figures = _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir / "report.html", title=f"Sightwise run: {Path(cfg.out).name}",
+                 metrics=test, figures=figures, sections=_sections(metrics),
+                 run_info=_run_info(cfg, metrics))
+    log(f"test: accuracy {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.3f}, "
+        f"{test['accuracy_ci'][1]:.3f}], macro-F1 {test['macro_f1']:.4f}, "
+        f"ECE {test['ece_uncalibrated']:.4f} -> {test['ece']:.4f} (T={temperature:.2f}), "
+        f"n={test['n']}")
+    return metrics
+
+
+def _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test) -> dict:
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(exist_ok=True)
+    pred = probs.argmax(1)
+    return {
+        "Confusion matrix (test, row-normalised; cells show counts)": plot_confusion_matrix(
+            np.array(test["confusion_matrix"]), classes, fig_dir / "confusion_matrix.png"),
+        "Reliability diagram (test), before and after temperature scaling":
+            plot_reliability_diagram(probs_raw, probs, y_test, fig_dir / "reliability.png"),
+        "Most confident mistakes (test)": plot_mistakes_grid(
+            x_test, y_test, pred, probs.max(1), classes, fig_dir / "mistakes.png"),
+    }
+
+
+def _run_info(cfg, metrics) -> dict:
+    t = metrics["timing"]
+    return {
+        "data": cfg.data,
+        "strategy": f"{metrics['strategy']['chosen']} (asked: {cfg.strategy})",
+        "model": metrics["model"],
+        "image size": metrics["preprocessing"]["size"],
+        "seed": cfg.seed,
+        "manifest sha256": metrics["data"]["manifest_sha256"],
+        "images used / skipped": f"{metrics['data']['n_images']} / "
+                                 f"{len(metrics['data']['skipped'])}",
+        "train seconds": f"{t['train_seconds']:.1f}",
+        "calibration temperature": f"{metrics['calibration']['temperature']:.3f}",
+    }
+
+
+def _sections(metrics) -> list[tuple[str, str]]:
+    out = []
+    cands = metrics["strategy"]["candidates"]
+    if cands:
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v.get('val_accuracy', float('nan')):.4f}"
+                       f"</td></tr>" for k, v in cands.items())
+        out.append(("Strategies tried (validation accuracy)",
+                    f"<table><tr><th>strategy</th><th>val accuracy</th></tr>{rows}</table>"))
+    skipped = metrics["data"]["skipped"]
+    if skipped:
+        rows = "".join(f"<tr><td>{html.escape(s['path'])}</td><td>{html.escape(s['reason'])}</td></tr>"
+                       for s in skipped)
+        out.append((f"Skipped images ({len(skipped)})",
+                    f"<table><tr><th>path</th><th>reason</th></tr>{rows}</table>"))
+    if metrics["data"]["leakage"]:
+        out.append(("Leakage", f"<p>{len(metrics['data']['leakage'])} identical files appear in "
+                               "more than one split (see metrics.json).</p>"))
+    return out

@@ -1,0 +1,199 @@
+"""The fine-tune / from-scratch training loop, top to bottom (nanoGPT's train.py style).
+
+No callbacks and no string events: everything the loop does is visible here. It reads the
+uint8 cache, augments per batch, trains channels_last with AdamW, a linear warm-up then a
+cosine schedule and label smoothing, checks validation every epoch, keeps the best weights
+and stops early or when the wall-clock budget cannot fit another epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from sightwise.config import TrainConfig
+from sightwise.data.preprocess import Preprocessing
+from sightwise.train.augment import augment_batch, make_augment, to_input
+from sightwise.train.budget import Budget
+
+
+@dataclass
+class FitResult:
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict] = field(default_factory=list)
+    stopped_by: str = "epochs"
+    images_per_second: float = 0.0
+
+
+def set_trainable(model: nn.Module, unfreeze: str) -> None:
+    """'all', or 'last-N': only the last N backbone stages (timm `blocks`) and the head."""
+    for p in model.parameters():
+        p.requires_grad = True
+    if unfreeze == "all":
+        return
+    n = int(unfreeze.split("-")[1])
+    stages = getattr(model.backbone, "blocks", None) or getattr(model.backbone, "stages", None)
+    if stages is None:
+        return
+    for p in model.backbone.parameters():
+        p.requires_grad = False
+    tail = list(stages)[-n:] if n > 0 else []
+    for mod in tail + [getattr(model.backbone, "conv_head", None), getattr(model.backbone, "bn2", None)]:
+        if mod is not None:
+            for p in mod.parameters():
+                p.requires_grad = True
+
+
+def class_weights(y: np.ndarray, num_classes: int, balance: str) -> torch.Tensor | None:
+    """Inverse-frequency loss weights when asked, or by default above 3:1 imbalance."""
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    present = counts[counts > 0]
+    if balance == "none" or (balance == "auto" and present.max() / present.min() <= 3.0):
+        return None
+    w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def evaluate_logits(model: nn.Module, images: np.ndarray, pre: Preprocessing,
+                    batch_size: int = 64) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(images), batch_size):
+            x = to_input(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])), pre)
+            out.append(model(x).float().numpy())
+    return np.concatenate(out)
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    pre: Preprocessing,
+    cfg: TrainConfig,
+    budget: Budget,
+    *,
+    lr: float,
+    head_lr: float,
+    desc: str = "finetune",
+) -> FitResult:
+    x_train, y_train = train
+    x_val, y_val = val
+    num_classes = model.head.out_features
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    use_amp = device.type == "cuda"
+    g = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    model.to(device).to(memory_format=torch.channels_last)
+    set_trainable(model, cfg.unfreeze)
+    head_params = list(model.head.parameters())
+    head_ids = {id(p) for p in head_params}
+    body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    opt = torch.optim.AdamW(
+        [{"params": body_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    base_lrs = [lr, head_lr]
+    weights = class_weights(y_train, num_classes, cfg.balance)
+    loss_fn = nn.CrossEntropyLoss(
+        weight=None if weights is None else weights.to(device), label_smoothing=cfg.label_smoothing
+    )
+    aug = make_augment(pre.size, cfg.augment)
+    steps_per_epoch = max(1, math.ceil(len(x_train) / cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+
+    best = FitResult(best_val_accuracy=-1.0, best_epoch=-1, epochs_run=0)
+    best_state = copy.deepcopy(model.state_dict())
+    best_val_loss = float("inf")
+    stale, step, epoch_seconds, seen, t_train = 0, 0, None, 0, 0.0
+    bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not cfg.progress)
+    for epoch in range(cfg.epochs):
+        # Stop before an epoch that the budget cannot hold (first epoch: always try).
+        if epoch_seconds is not None and not budget.allows(epoch_seconds):
+            best.stopped_by = "budget"
+            break
+        t0 = time.perf_counter()
+        model.train()
+        if cfg.unfreeze != "all":
+            _freeze_bn_stats(model)
+        order = torch.randperm(len(x_train), generator=g).numpy()
+        losses = []
+        for i in range(0, len(order), cfg.batch_size):
+            idx = np.sort(order[i:i + cfg.batch_size])
+            if len(idx) < 2:  # BatchNorm needs two samples
+                continue
+            # warm-up then cosine (Loshchilov & Hutter 2017), per step
+            scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (
+                1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+            for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                group["lr"] = base * scale
+            xb = augment_batch(torch.from_numpy(x_train[idx]), aug)
+            xb = to_input(xb, pre).to(device)
+            yb = torch.from_numpy(y_train[idx]).to(device)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = loss_fn(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            step += 1
+            seen += len(idx)
+            if budget.left() <= 0 and epoch > 0:
+                break
+        t_train += time.perf_counter() - t0
+        val_logits = evaluate_logits(model, x_val, pre)
+        val_pred = val_logits.argmax(1)
+        val_acc = float((val_pred == y_val).mean()) if len(y_val) else 0.0
+        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
+                                                     torch.from_numpy(y_val)).item())
+        epoch_seconds = time.perf_counter() - t0
+        best.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses or [0])),
+                             "val_accuracy": val_acc, "val_loss": val_loss,
+                             "seconds": epoch_seconds})
+        best.epochs_run = epoch + 1
+        improved = val_acc > best.best_val_accuracy or (
+            val_acc == best.best_val_accuracy and val_loss < best_val_loss)
+        if improved:
+            best.best_val_accuracy, best.best_epoch, best_val_loss = val_acc, epoch + 1, val_loss
+            best_state = copy.deepcopy(model.state_dict())
+            stale = 0
+        else:
+            stale += 1
+        bar.set_postfix(loss=f"{np.mean(losses or [0]):.3f}", val_acc=f"{val_acc:.3f}",
+                        budget_left=_fmt_left(budget))
+        bar.update(1)
+        if stale >= cfg.patience:
+            best.stopped_by = "early-stopping"
+            break
+        if budget.left() <= 0:
+            best.stopped_by = "budget"
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    best.images_per_second = seen / t_train if t_train > 0 else 0.0
+    return best
+
+
+def _freeze_bn_stats(model: nn.Module) -> None:
+    """Frozen layers keep their BatchNorm statistics too (else partial unfreezing drifts)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in m.parameters()):
+            m.eval()
+
+
+def _fmt_left(budget: Budget) -> str:
+    left = budget.left()
+    return "inf" if math.isinf(left) else f"{max(0, left):.0f}s"

@@ -1,0 +1,151 @@
+"""`sightwise train`: data -> cache -> strategy -> evaluation -> report -> bundle.
+
+Each step is a plain function; `run_training` calls them top to bottom.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sightwise import __version__
+from sightwise.bundle import write_bundle_meta
+from sightwise.config import TrainConfig
+from sightwise.data.cache import ImageCache, build_cache, check_usable
+from sightwise.data.datasets import Dataset, load_dataset
+from sightwise.data.preprocess import Preprocessing
+from sightwise.data.splits import assign_splits, drop_leakage, find_leakage, write_manifest
+from sightwise.models.io import save_weights
+from sightwise.models.registry import get_spec
+from sightwise.train.budget import Budget
+from sightwise.train.strategies import Trained, run_strategy
+from sightwise.types import Skipped
+
+
+@dataclass
+class PreparedData:
+    dataset: Dataset
+    cache: ImageCache
+    skipped: list[Skipped]
+    leakage: list[dict]
+    manifest_sha256: str
+    decode_seconds: float
+
+
+def resolve_preprocessing(cfg: TrainConfig) -> Preprocessing:
+    pre = get_spec(cfg.model_name).preprocessing
+    return replace(pre, size=cfg.img_size) if cfg.img_size else pre
+
+
+def prepare_data(cfg: TrainConfig, pre: Preprocessing, run_dir: Path, log) -> PreparedData:
+    """Load, decode once (skipping bad files), split, check leakage, write the manifest."""
+    t0 = time.perf_counter()
+    ds = load_dataset(cfg.data, labels=cfg.labels)
+    cache, skipped = build_cache(ds, pre, memmap_dir=run_dir / "cache", workers=cfg.workers,
+                                 progress=cfg.progress)
+    for s in skipped:
+        log(f"skipped {s.source}: {s.reason}")
+    kept = Dataset(ds.classes, cache.samples, ds.root, ds.layout, ds.notes)
+    check_usable(cache, ds.classes)
+    kept = assign_splits(kept, seed=cfg.seed)
+    leakage = find_leakage(kept)
+    if leakage:
+        log(f"leakage: {len(leakage)} identical file(s) appear in more than one split"
+            + ("; dropping the copies outside train" if cfg.drop_leakage else
+               " (use --drop-leakage to remove them)"))
+    if leakage and cfg.drop_leakage:
+        kept, _ = drop_leakage(kept)
+    cache = _realign(cache, kept)
+    manifest_sha = write_manifest(kept, run_dir / "manifest.csv")
+    for note in kept.notes:
+        log(note)
+    return PreparedData(kept, cache, skipped, leakage, manifest_sha, time.perf_counter() - t0)
+
+
+def _realign(cache: ImageCache, ds: Dataset) -> ImageCache:
+    """The cache follows the dataset after splits were assigned or leaked copies dropped."""
+    pos = {s.source: i for i, s in enumerate(cache.samples)}
+    idx = np.array([pos[s.source] for s in ds.samples], np.int64)
+    images = cache.images if len(idx) == len(cache.samples) else cache.images[idx]
+    return ImageCache(images=images, labels=np.array([s.label for s in ds.samples], np.int64),
+                      splits=np.array([s.split for s in ds.samples]), samples=list(ds.samples))
+
+
+def package_versions() -> dict:
+    import onnxruntime
+    import sklearn
+    import timm
+
+    return {"sightwise": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
+            "scikit-learn": sklearn.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def run_training(cfg: TrainConfig, log=print) -> dict:
+    """Train, evaluate, report and bundle; returns the metrics dict (also metrics.json)."""
+    from sightwise.train.evaluation import evaluate_and_report
+
+    run_dir = Path(cfg.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    budget = Budget(cfg.budget_s)
+    pre = resolve_preprocessing(cfg)
+    data = prepare_data(cfg, pre, run_dir, log)
+    log(_summary(data))
+    trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log)
+    metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)
+    write_bundle(cfg, pre, data, trained, metrics, run_dir / "bundle")
+    return metrics
+
+
+def _summary(data: PreparedData) -> str:
+    counts = data.dataset.counts()
+    parts = [f"{split}={sum(v.values())}" for split, v in sorted(counts.items())]
+    return (f"{len(data.dataset.classes)} classes, {len(data.cache.samples)} images "
+            f"({', '.join(parts)}), {len(data.skipped)} skipped; "
+            f"decoded in {data.decode_seconds:.1f}s")
+
+
+def write_bundle(cfg, pre, data: PreparedData, trained: Trained, metrics: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for f in out.iterdir():  # a rerun replaces the bundle whole
+        if f.is_file():
+            f.unlink()
+    save_weights(trained.model, out / "weights.safetensors")
+    (out / "manifest.csv").write_bytes((Path(cfg.out) / "manifest.csv").read_bytes())
+    report = Path(cfg.out) / "report.html"
+    if report.exists():
+        (out / "report.html").write_bytes(report.read_bytes())
+    meta = {
+        "task": "classification",
+        "classes": data.dataset.classes,
+        "model": {"name": cfg.model_name, "num_classes": len(data.dataset.classes),
+                  "num_features": trained.model.num_features, "strategy": trained.strategy},
+        "preprocessing": pre.to_dict(),
+        "calibration": {"method": "temperature", "temperature": metrics["calibration"]["temperature"]},
+        "metrics": {"test": {k: metrics["test"][k] for k in
+                             ("n", "accuracy", "macro_f1", "auroc", "ece", "ece_uncalibrated")}},
+        "data": {"manifest_sha256": data.manifest_sha256, "root": str(Path(data.dataset.root).resolve()),
+                 "layout": data.dataset.layout},
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    write_bundle_meta(out, meta)
