@@ -131,12 +131,12 @@ def _load_csv(path: Path) -> Dataset:
     if "path" in header and "label" in header:
         ip, il = header.index("path"), header.index("label")
         isp = header.index("split") if "split" in header else None
-        body = reader[1:]
+        body, first_line = reader[1:], 2
     else:
         ip, il, isp = 0, 1, (2 if len(reader[0]) > 2 else None)
-        body = reader
+        body, first_line = reader, 1
     rows = []
-    for lineno, rec in enumerate(body, start=2):
+    for lineno, rec in enumerate(body, start=first_line):
         if not rec or not "".join(rec).strip():
             continue
         if len(rec) <= max(ip, il):

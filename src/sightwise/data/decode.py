@@ -52,6 +52,9 @@ def decode_image(
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as exc:
+        # Pillow's own check fires at open for > 2x its limit; report it like ours.
+        raise ImageDecodeError(f"{exc} (possible decompression bomb)") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's header parsers raise these
         raise ImageDecodeError(f"unreadable image header ({exc})") from None
     with img:
@@ -101,10 +104,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
-        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
+        arr = np.asarray(img)
+        if mode == "F":
+            arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr  # float images: [0,1]
+            top = 255.0
+        else:
+            top = 65535.0  # 16-bit (and 32-bit integer) images: the 16-bit range
+        return Image.fromarray(_scale_to_u8(arr, top), "L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
@@ -121,9 +127,18 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.dtype != np.uint8:
-        top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
-        arr = np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if arr.dtype == np.uint16:
+            top = 65535.0
+        elif np.issubdtype(arr.dtype, np.floating):
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        else:
+            top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
+        arr = _scale_to_u8(arr, top)
     return to_rgb(Image.fromarray(arr))
+
+
+def _scale_to_u8(arr: np.ndarray, top: float) -> np.ndarray:
+    return np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
 def is_image_path(path: Path) -> bool:

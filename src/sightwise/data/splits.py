@@ -34,17 +34,25 @@ def assign_splits(ds: Dataset, *, seed: int = 0, val: float = 0.15, test: float 
         names.update({int(i): "test" for i in test_idx})
         samples = [replace(s, split=names[i]) for i, s in enumerate(ds.samples)]
         notes = [f"made a stratified {1 - val - test:.0%}/{val:.0%}/{test:.0%} split (seed {seed})"]
-    elif "val" not in have and "train" in have:
-        tr = np.array([i for i, s in enumerate(ds.samples) if s.split == "train"])
-        y = np.array([ds.samples[i].label for i in tr])
-        frac = min(0.5, val / max(1e-9, len(tr) / len(ds.samples)))
-        _, val_idx = _strat(tr, y, frac, seed)
-        chosen = set(val_idx.tolist())
-        samples = [replace(s, split="val") if i in chosen else s for i, s in enumerate(ds.samples)]
-        notes = [f"carved a stratified validation split from train (seed {seed})"]
     else:
-        samples, notes = [replace(s, split=s.split or "train") for s in ds.samples], []
+        # Rows without a split join train; a missing val or test is carved from train.
+        samples = [replace(s, split=s.split or "train") for s in ds.samples]
+        notes = []
+        for name, frac in (("test", test), ("val", val)):
+            if name not in have and "train" in {s.split for s in samples}:
+                samples = _carve(samples, name, frac, len(ds.samples), seed)
+                label = "validation" if name == "val" else name
+                notes.append(f"carved a stratified {label} split from train (seed {seed})")
     return Dataset(ds.classes, samples, ds.root, ds.layout, ds.notes + notes)
+
+
+def _carve(samples: list[Sample], name: str, frac: float, n_total: int, seed: int) -> list[Sample]:
+    tr = np.array([i for i, s in enumerate(samples) if s.split == "train"])
+    y = np.array([samples[i].label for i in tr])
+    share = min(0.5, frac / max(1e-9, len(tr) / n_total))
+    _, chosen = _strat(tr, y, share, seed)
+    chosen_set = set(chosen.tolist())
+    return [replace(s, split=name) if i in chosen_set else s for i, s in enumerate(samples)]
 
 
 def _strat(idx: np.ndarray, y: np.ndarray, frac: float, seed: int):
@@ -71,14 +79,15 @@ def find_leakage(ds: Dataset) -> list[dict]:
 
 
 def drop_leakage(ds: Dataset) -> tuple[Dataset, int]:
-    """Keep the train copy of each leaked file (or the first), drop the others."""
-    keep: dict[str, Sample] = {}
+    """Drop the copies of cross-split duplicates outside train (or outside the first split
+    holding one). Duplicates within one split are not leakage and stay."""
     order = {"train": 0, "val": 1, "test": 2}
-    for s in sorted(ds.samples, key=lambda s: order.get(s.split or "train", 3)):
-        keep.setdefault(s.sha256 or s.source, s)
-    kept = [s for s in ds.samples if keep.get(s.sha256 or s.source) is s]
-    dropped = len(ds.samples) - len(kept)
-    return Dataset(ds.classes, kept, ds.root, ds.layout, ds.notes), dropped
+    drop: set[str] = set()
+    for group in find_leakage(ds):
+        splits = sorted({sp for _, sp in group["items"]}, key=lambda sp: order.get(sp or "", 3))
+        drop.update(src for src, sp in group["items"] if sp != splits[0])
+    kept = [s for s in ds.samples if s.source not in drop]
+    return Dataset(ds.classes, kept, ds.root, ds.layout, ds.notes), len(ds.samples) - len(kept)
 
 
 def manifest_rows(ds: Dataset) -> list[list[str]]:

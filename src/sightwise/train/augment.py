@@ -22,7 +22,8 @@ def make_augment(size: int, preset: str) -> v2.Transform | None:
     ]
     if preset == "strong":
         # Textures, micrographs and scans have no "up": vertical flips are label-preserving.
-        ops += [v2.RandomVerticalFlip(), v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)])]
+        quarter_turns = [v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]
+        ops += [v2.RandomVerticalFlip(), v2.RandomChoice(quarter_turns)]
     ops.append(v2.ColorJitter(brightness=0.2, contrast=0.2))
     return v2.Compose(ops)
 

@@ -27,13 +27,20 @@ class _Pooled(nn.Module):
         return self.backbone.forward_features(x).mean(dim=(2, 3))
 
 
-def frozen_extractor(backbone: nn.Module, pre: Preprocessing) -> nn.Module:
+# Tracing and freezing cost a few seconds; below this many images eager mode is cheaper.
+TRACE_MIN_IMAGES = 256
+
+
+def frozen_extractor(backbone: nn.Module, pre: Preprocessing, n_images: int = TRACE_MIN_IMAGES
+                     ) -> nn.Module:
     module = _Pooled(backbone).eval()
+    if n_images < TRACE_MIN_IMAGES:
+        return module
     example = torch.zeros(2, 3, pre.size, pre.size)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, example)
+            traced = torch.jit.trace(module, example, check_trace=False)
             return torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
     except Exception:  # noqa: BLE001 - any tracing failure: eager is correct, only slower
         return module

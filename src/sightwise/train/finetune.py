@@ -149,7 +149,7 @@ def fit(
             losses.append(loss.item())
             step += 1
             seen += len(idx)
-            if budget.left() <= 0 and epoch > 0:
+            if budget.left() <= 0:  # even mid-way through the first epoch
                 break
         t_train += time.perf_counter() - t0
         val_logits = evaluate_logits(model, x_val, pre)

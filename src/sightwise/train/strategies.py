@@ -57,7 +57,7 @@ def _split(cache: ImageCache, name: str):
 
 def _linear_probe(cfg, pre, cache, num_classes, log) -> Trained:
     model = build_classifier(cfg.model_name, num_classes, pretrained=True).eval()
-    extractor = frozen_extractor(model.backbone, pre)
+    extractor = frozen_extractor(model.backbone, pre, n_images=len(cache.samples))
     feats = {s: extract_features(extractor, cache.subset(s)[0], pre, progress=cfg.progress,
                                  desc=f"features {s}") for s in ("train", "val", "test")}
     ys = {s: cache.subset(s)[1] for s in ("train", "val", "test")}

@@ -1,0 +1,1 @@
+"""sightwise.baselines"""

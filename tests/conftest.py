@@ -1,0 +1,69 @@
+"""Shared fixtures: small synthetic image folders that tests write for themselves.
+
+`make_image_folder(root, classes={"a": 5, "b": 5})` writes ``root/<class>/<class>_NNN.<fmt>``.
+Every class gets its own dominant colour and stripe orientation, and every image its own
+seeded noise, so classes are easy to tell apart (a tiny model or HOG separates them) and
+no two files are byte-identical. The same arguments always write the same bytes.
+
+Use it through the `image_folder_factory` fixture (with `--import-mode=importlib` a test
+module cannot import conftest), or take `tmp_image_folder`: 3 classes x 12 PNGs of 32 px.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+# Well-separated dominant colours; class k uses COLOURS[k % len(COLOURS)].
+COLOURS = np.array(
+    [(220, 40, 40), (40, 200, 60), (50, 70, 230), (230, 200, 40), (200, 60, 210), (40, 200, 210)],
+    dtype=np.float64,
+)
+_PIL_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "bmp": "BMP",
+               "tif": "TIFF", "tiff": "TIFF", "webp": "WEBP"}
+
+
+def synthetic_image(class_index: int, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 (size, size, 3): class colour, stripes at angle 45 deg * class_index, noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    angle = np.pi / 4 * class_index
+    phase = rng.uniform(0, 2 * np.pi)
+    stripes = np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / 8 + phase)
+    colour = COLOURS[class_index % len(COLOURS)]
+    img = colour * (0.75 + 0.25 * stripes[..., None]) + rng.normal(0, 12, (size, size, 3))
+    return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def make_image_folder(root, classes: dict[str, int], size: int = 32, seed: int = 0,
+                      fmt: str = "png") -> Path:
+    """Write ``root/<class>/<class>_NNN.<fmt>`` with classes[name] images each; return root.
+
+    Class k is the k-th key of `classes` (insertion order) and decides colour and stripes.
+    """
+    root = Path(root)
+    fmt = fmt.lower().lstrip(".")
+    pil_format = _PIL_FORMAT[fmt]
+    for k, (name, n) in enumerate(classes.items()):
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng([seed, k])
+        for i in range(n):
+            Image.fromarray(synthetic_image(k, size, rng)).save(
+                folder / f"{name}_{i:03d}.{fmt}", pil_format
+            )
+    return root
+
+
+@pytest.fixture
+def image_folder_factory():
+    """The `make_image_folder` function itself (call it with a path under tmp_path)."""
+    return make_image_folder
+
+
+@pytest.fixture
+def tmp_image_folder(tmp_path) -> Path:
+    """A folder-per-class dataset: classes apple, banana, cherry x 12 PNGs of 32 x 32."""
+    return make_image_folder(tmp_path / "images", {"apple": 12, "banana": 12, "cherry": 12})

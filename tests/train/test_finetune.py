@@ -1,0 +1,61 @@
+"""The training loop: learns, respects its budget, keeps the best epoch, weights classes."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sightwise.config import TrainConfig
+from sightwise.data.preprocess import Preprocessing
+from sightwise.models.classifier import build_classifier
+from sightwise.train.budget import Budget
+from sightwise.train.finetune import class_weights, evaluate_logits, fit
+
+
+def _toy(n_per_class=24, size=32, seed=0):
+    """Two classes told apart by brightness of the left half."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 80, (2 * n_per_class, size, size, 3)).astype(np.uint8)
+    y = np.repeat([0, 1], n_per_class)
+    x[y == 1, :, : size // 2] += 150
+    return x, y
+
+
+def test_scratch_learns_a_simple_rule_and_keeps_best_epoch(tmp_path):
+    x, y = _toy()
+    xv, yv = _toy(8, seed=1)
+    cfg = TrainConfig(data="-", out=str(tmp_path), epochs=4, batch_size=16, augment="none",
+                      progress=False, patience=10)
+    model = build_classifier("small_resnet", 2, pretrained=False)
+    pre = Preprocessing(size=32, interpolation="bilinear")
+    res = fit(model, (x, y), (xv, yv), pre, cfg, Budget(None), lr=3e-3, head_lr=3e-3)
+    assert res.epochs_run == 4
+    assert res.best_val_accuracy >= 0.9
+    best = max(res.history, key=lambda h: h["val_accuracy"])
+    assert res.best_val_accuracy == best["val_accuracy"]
+    acc = (evaluate_logits(model, xv, pre).argmax(1) == yv).mean()
+    assert acc == pytest.approx(res.best_val_accuracy)  # the best weights were restored
+    json.dumps(res.history)
+
+
+def test_budget_stops_training(tmp_path):
+    x, y = _toy(64)
+    cfg = TrainConfig(data="-", out=str(tmp_path), epochs=50, batch_size=8, progress=False)
+    model = build_classifier("small_resnet", 2, pretrained=False)
+    res = fit(model, (x, y), (x[:8], y[:8]), Preprocessing(size=32), cfg, Budget(2.0),
+              lr=1e-3, head_lr=1e-3)
+    assert res.stopped_by == "budget"
+    assert res.epochs_run < 50
+
+
+def test_class_weights_inverse_frequency_above_3_to_1():
+    y = np.array([0] * 80 + [1] * 20)
+    assert class_weights(y, 2, "auto") is not None
+    w = class_weights(y, 2, "auto").numpy()
+    # Weighted, each class contributes the same total to the loss.
+    assert w[0] * 80 == pytest.approx(w[1] * 20)
+    assert class_weights(np.array([0] * 30 + [1] * 20), 2, "auto") is None
+    assert class_weights(np.array([0] * 30 + [1] * 20), 2, "weighted") is not None
+    assert class_weights(y, 2, "none") is None
+    assert torch.is_tensor(class_weights(y, 2, "weighted"))
