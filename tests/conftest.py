@@ -67,3 +67,21 @@ def image_folder_factory():
 def tmp_image_folder(tmp_path) -> Path:
     """A folder-per-class dataset: classes apple, banana, cherry x 12 PNGs of 32 x 32."""
     return make_image_folder(tmp_path / "images", {"apple": 12, "banana": 12, "cherry": 12})
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """(data folder, run folder) of one linear-probe run at 96 px (a 3x3 feature map), shared
+    by the session.
+
+    Tests must not modify it; copy the bundle first (shutil.copytree) to change it.
+    """
+    from sightwise.config import TrainConfig
+    from sightwise.train.pipeline import run_training
+
+    root = tmp_path_factory.mktemp("trained")
+    data = make_image_folder(root / "data", {"apple": 14, "banana": 14, "cherry": 14})
+    run = root / "run"
+    run_training(TrainConfig(data=str(data), out=str(run), strategy="linear-probe", img_size=96,
+                             progress=False), log=lambda msg: None)
+    return data, run

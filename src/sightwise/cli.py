@@ -104,6 +104,67 @@ def _pred_dict(p) -> dict:
 
 @app.command()
 @user_errors
+def explain(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder.")],
+    image: Annotated[str, typer.Argument(help="Image file.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Overlay PNG to write.")],
+    class_name: Annotated[str | None, typer.Option("--class", help="Explain this class "
+                                                   "instead of the predicted one.")] = None,
+) -> None:
+    """Class activation map of the predicted (or given) class over the image, as a PNG of
+    the image's own size."""
+    from sightwise.explain import explain_image
+
+    label, prob = explain_image(bundle, image, out, class_name=class_name)
+    typer.echo(f"{image}: {label} (p={prob:.3f}) -> {out}")
+
+
+@app.command()
+@user_errors
+def export(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder.")],
+    int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx "
+                                       "(static QDQ, per-channel).")] = False,
+    calib: Annotated[str | None, typer.Option(help="Calibration images (default: the "
+                                              "bundle's training split).")] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 17,
+    force: Annotated[bool, typer.Option(help="Keep the export even if the parity gate "
+                                        "fails (the bundle stays marked).")] = False,
+    edge: Annotated[str | None, typer.Option(help="Also write a self-contained edge "
+                                             "folder here.")] = None,
+) -> None:
+    """Export to ONNX (fp32, optionally int8), check parity against PyTorch, write parity.json."""
+    from sightwise.export.api import export_bundle
+
+    parity = export_bundle(bundle, int8=int8, calib=calib, opset=opset, force=force,
+                           edge_dir=edge, log=_log)
+    typer.echo(json.dumps(parity, indent=2))
+
+
+@app.command()
+@user_errors
+def benchmark(
+    data: Annotated[str, typer.Argument(help="Dataset (any form `train` reads).")],
+    out: Annotated[str, typer.Option("--out", "-o", help="Folder for benchmark.json/.md/.png.")],
+    folds: Annotated[int, typer.Option(help="Stratified folds (ignored when the data has "
+                                       "its own split).")] = 5,
+    quick: Annotated[bool, typer.Option(help="Fewer folds, smaller images, short CNN "
+                                        "budgets: minutes, not half an hour.")] = False,
+    learning_curve: Annotated[bool, typer.Option(help="Also accuracy vs labels per class "
+                                                 "(5, 10, 25, 50, all).")] = False,
+    seed: Annotated[int, typer.Option(help="Seed for folds and subsets.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+) -> None:
+    """Deep learning vs traditional methods (k-NN, HOG+SVM) on the same splits."""
+    from sightwise.baselines.benchmark import run_benchmark
+
+    run_benchmark(data, out, folds=folds, quick=quick, learning_curve=learning_curve, seed=seed,
+                  progress=progress, log=_log)
+    typer.echo((Path(out) / "benchmark.md").read_text())
+
+
+@app.command()
+@user_errors
 def demo(
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder.")] = "runs/demo",
     budget: Annotated[str, typer.Option(help="Training budget.")] = "3m",

@@ -16,6 +16,7 @@ from sightwise.evaluate.figures import (
 )
 from sightwise.evaluate.metrics import classification_metrics
 from sightwise.evaluate.report import write_report
+from sightwise.train.overlays import overlay_figure
 
 
 def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> dict:
@@ -53,6 +54,11 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
                    "total_seconds": budget.elapsed()},
     }
     figures = _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test)
+    overlay = overlay_figure(trained.model, x_test, y_test, probs, classes, pre,
+                             run_dir / "figures" / "cam_overlays.png")
+    if overlay:
+        figures["Where the model looks: class activation maps of the predicted class on test "
+                "images (correct ones per class, then the most confident mistakes)"] = overlay
     atomic_write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", title=f"Sightwise run: {Path(cfg.out).name}",
                  metrics=test, figures=figures, sections=_sections(metrics),

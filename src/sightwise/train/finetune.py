@@ -152,6 +152,11 @@ def fit(
             if budget.left() <= 0:  # even mid-way through the first epoch
                 break
         t_train += time.perf_counter() - t0
+        if epoch == 0 and budget.seconds is not None:
+            # Fit the cosine schedule to the epochs the budget can hold, so the learning
+            # rate has decayed when time runs out instead of being cut off at its peak.
+            fits = int((budget.left() + (time.perf_counter() - t0)) // max(1e-6, time.perf_counter() - t0))
+            total_steps = steps_per_epoch * max(2, min(cfg.epochs, fits))
         val_logits = evaluate_logits(model, x_val, pre)
         val_pred = val_logits.argmax(1)
         val_acc = float((val_pred == y_val).mean()) if len(y_val) else 0.0

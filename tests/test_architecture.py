@@ -1,0 +1,90 @@
+"""DESIGN.md's two import rules, enforced.
+
+1. Imports flow one way: data -> models -> train/evaluate/baselines -> export -> registry ->
+   {runtime, search, anomaly, monitor} -> serve. A module may import its own layer or lower.
+2. runtime, search, monitor and serve import without torch installed.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import sightwise
+
+SRC = Path(sightwise.__file__).parent
+
+# Layer of each subpackage / top-level module; shared plain modules sit at the bottom.
+LAYERS = {
+    "types": 0, "errors": 0, "config": 0, "bundle": 1, "heatmap": 1,
+    "data": 1, "models": 2, "train": 3, "evaluate": 3, "baselines": 3,
+    "export": 4, "registry": 5,
+    "runtime": 6, "search": 6, "anomaly": 6, "monitor": 6,
+    "serve": 7, "predict": 8, "explain": 8, "cli": 8,
+}
+
+
+def _layer_of(module_path: Path) -> tuple[str, int]:
+    rel = module_path.relative_to(SRC).with_suffix("")
+    head = rel.parts[0]
+    if head == "__init__":
+        return "sightwise", 0
+    return head, LAYERS[head]
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return [n for n in names if n == "sightwise" or n.startswith("sightwise.")]
+
+
+def test_every_module_has_a_layer():
+    for path in SRC.rglob("*.py"):
+        _layer_of(path)  # KeyError names a module missing from LAYERS
+
+
+def test_imports_flow_one_way():
+    bad = []
+    for path in sorted(SRC.rglob("*.py")):
+        name, layer = _layer_of(path)
+        for target in _imports(path):
+            parts = target.split(".")
+            if len(parts) < 2:
+                continue
+            t_layer = LAYERS[parts[1]]
+            if t_layer > layer:
+                bad.append(f"{path.relative_to(SRC)} (layer {layer}) imports {target} "
+                           f"(layer {t_layer})")
+    assert not bad, "\n".join(bad)
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith(("torch.", "torchvision", "timm")):
+            raise ImportError(f"{name} is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+import importlib, pkgutil
+import sightwise.{pkg} as pkg
+for m in pkgutil.walk_packages(pkg.__path__, "sightwise.{pkg}."):
+    importlib.import_module(m.name)
+assert "torch" not in sys.modules
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("pkg", ["runtime", "search", "monitor", "serve"])
+def test_imports_without_torch(pkg):
+    res = subprocess.run([sys.executable, "-c", BLOCK_TORCH.replace("{pkg}", pkg)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
