@@ -37,6 +37,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; bundles are read by servers and users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -132,12 +132,15 @@ def export(
                                         "fails (the bundle stays marked).")] = False,
     edge: Annotated[str | None, typer.Option(help="Also write a self-contained edge "
                                              "folder here.")] = None,
+    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
 ) -> None:
     """Export to ONNX (fp32, optionally int8), check parity against PyTorch, write parity.json."""
     from sightwise.export.api import export_bundle
 
     parity = export_bundle(bundle, int8=int8, calib=calib, opset=opset, force=force,
-                           edge_dir=edge, log=_log)
+                           edge_dir=edge, threads=threads, log=_log)
+    if not parity["passed"]:
+        _log("warning: parity gate failed; export kept because of --force")
     typer.echo(json.dumps(parity, indent=2))
 
 

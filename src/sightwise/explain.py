@@ -15,6 +15,7 @@ from sightwise.bundle import atomic_write_bytes, load_bundle
 from sightwise.data.decode import decode_image
 from sightwise.errors import SightwiseError
 from sightwise.heatmap import overlay_cam
+from sightwise.predict import has_gated_onnx
 
 
 def explain_image(bundle_ref: str, image_path: str, out: str, *,
@@ -26,7 +27,7 @@ def explain_image(bundle_ref: str, image_path: str, out: str, *,
         raise SightwiseError(f"unknown class {class_name!r}; classes: {', '.join(classes)}")
     idx = None if class_name is None else classes.index(class_name)
     img = decode_image(image_path)
-    if "model.onnx" in bundle.meta.get("files", {}):
+    if has_gated_onnx(bundle):
         from sightwise.runtime import Predictor
 
         cam, idx, probs = Predictor(bundle).cam(img, idx)

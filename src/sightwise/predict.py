@@ -25,11 +25,19 @@ def predict_files(bundle_ref: str, paths: Sequence[str], *, top_k_n: int | None 
                   top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
     bundle = load_bundle(bundle_ref)
     k = top_k_n or top_k
-    if "model.onnx" in bundle.meta.get("files", {}):
+    if has_gated_onnx(bundle):
         from sightwise.runtime import Predictor
 
         return Predictor(bundle).predict_paths(paths, top_k=k)
     return _predict_torch(bundle, paths, k, batch_size)
+
+
+def has_gated_onnx(bundle) -> bool:
+    """Use the ONNX graph when it passed its parity gate (or the user forced it); a bundle
+    whose graph failed the gate falls back to its PyTorch weights."""
+    export = bundle.meta.get("export", {})
+    return "model.onnx" in bundle.meta.get("files", {}) and (
+        export.get("fp32_passed", export.get("parity_passed", False)) or export.get("forced", False))
 
 
 def _predict_torch(bundle, paths, k, batch_size) -> list[Prediction]:

@@ -36,17 +36,51 @@ class PreparedData:
     leakage: list[dict]
     manifest_sha256: str
     decode_seconds: float
+    preprocessing: Preprocessing
 
 
-def resolve_preprocessing(cfg: TrainConfig) -> Preprocessing:
+# Upsampling beyond this factor adds compute, not information (28 px MedMNIST -> 128 px).
+MAX_UPSAMPLE = 4
+
+
+def resolve_preprocessing(cfg: TrainConfig, ds: Dataset | None = None) -> Preprocessing:
+    """The backbone's own preprocessing; the size from --img-size, else the backbone's,
+    reduced for small images to at most MAX_UPSAMPLE x their median side (multiple of 32)."""
     pre = get_spec(cfg.model_name).preprocessing
-    return replace(pre, size=cfg.img_size) if cfg.img_size else pre
+    if cfg.img_size:
+        return replace(pre, size=cfg.img_size)
+    native = median_side(ds) if ds is not None else None
+    if native and native * MAX_UPSAMPLE < pre.size:
+        return replace(pre, size=max(64, -(-native * MAX_UPSAMPLE // 32) * 32))
+    return pre
 
 
-def prepare_data(cfg: TrainConfig, pre: Preprocessing, run_dir: Path, log) -> PreparedData:
+def median_side(ds: Dataset, n: int = 64) -> int | None:
+    """Median longer side of up to n images, read from headers only (no decoding)."""
+    from PIL import Image
+
+    from sightwise.data.datasets import NPZ_SCHEME, read_npz_image
+
+    sides = []
+    step = max(1, len(ds.samples) // n)
+    for s in ds.samples[::step][:n]:
+        try:
+            if s.source.startswith(NPZ_SCHEME):
+                sides.append(max(read_npz_image(s.source).shape[:2]))
+            else:
+                with Image.open(s.source) as im:
+                    sides.append(max(im.size))
+        except Exception:  # noqa: BLE001 - unreadable files are reported by the decoder later
+            continue
+    return int(np.median(sides)) if sides else None
+
+
+def prepare_data(cfg: TrainConfig, run_dir: Path, log) -> PreparedData:
     """Load, decode once (skipping bad files), split, check leakage, write the manifest."""
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data, labels=cfg.labels)
+    pre = resolve_preprocessing(cfg, ds)
+    log(f"input: {pre.size}x{pre.size} px ({pre.resize}, {pre.interpolation})")
     cache, skipped = build_cache(ds, pre, memmap_dir=run_dir / "cache", workers=cfg.workers,
                                  progress=cfg.progress)
     for s in skipped:
@@ -65,7 +99,7 @@ def prepare_data(cfg: TrainConfig, pre: Preprocessing, run_dir: Path, log) -> Pr
     manifest_sha = write_manifest(kept, run_dir / "manifest.csv")
     for note in kept.notes:
         log(note)
-    return PreparedData(kept, cache, skipped, leakage, manifest_sha, time.perf_counter() - t0)
+    return PreparedData(kept, cache, skipped, leakage, manifest_sha, time.perf_counter() - t0, pre)
 
 
 def _realign(cache: ImageCache, ds: Dataset) -> ImageCache:
@@ -105,8 +139,8 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     budget = Budget(cfg.budget_s)
-    pre = resolve_preprocessing(cfg)
-    data = prepare_data(cfg, pre, run_dir, log)
+    data = prepare_data(cfg, run_dir, log)
+    pre = data.preprocessing
     log(_summary(data))
     trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log)
     metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)

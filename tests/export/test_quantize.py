@@ -1,0 +1,111 @@
+"""Calibration data: the manifest's train split (seeded) or a folder; the int8 graph is QDQ."""
+
+import csv
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from PIL import Image
+
+from sightwise.bundle import load_bundle
+from sightwise.data.preprocess import Preprocessing, normalize
+from sightwise.errors import DataError
+from sightwise.export.manifest import bundle_samples, folder_samples, seeded_subset
+from sightwise.export.quantize import NormalisedBatches, calibration_images
+
+
+def _manifest(bundle):
+    with open(bundle.file("manifest.csv"), newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_bundle_samples_resolve_against_data_root(trained_bundle):
+    bundle = load_bundle(trained_bundle)
+    rows = [r for r in _manifest(bundle) if r["split"] == "train"]
+    samples = bundle_samples(bundle, "train")
+    root = bundle.meta["data"]["root"]
+    assert [s.source for s in samples] == [f"{root}/{r['path']}" for r in rows]
+    assert [bundle.classes[s.label] for s in samples] == [r["label"] for r in rows]
+    assert all(s.split == "train" for s in samples)
+
+
+def test_seeded_subset_is_reproducible_and_bounded(trained_bundle):
+    samples = bundle_samples(load_bundle(trained_bundle), "train")
+    a, b = seeded_subset(samples, 10, seed=3), seeded_subset(samples, 10, seed=3)
+    assert a == b and len(a) == 10 and len(set(s.source for s in a)) == 10
+    assert seeded_subset(samples, 10, seed=4) != a
+    assert seeded_subset(samples, 10_000, seed=0) == samples
+
+
+def test_default_calibration_uses_only_training_images(trained_bundle):
+    bundle = load_bundle(trained_bundle)
+    images, source = calibration_images(bundle, None, n=12, seed=0, log=lambda _m: None)
+    size = bundle.preprocessing.size
+    assert images.shape == (12, size, size, 3) and images.dtype == np.uint8
+    assert "train split" in source
+
+
+def test_calibration_folder_and_its_errors(trained_bundle, tmp_path):
+    bundle = load_bundle(trained_bundle)
+    folder = tmp_path / "calib" / "sub"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (20 + i, 30), (i * 40, 0, 0)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "bad.png").write_bytes(b"garbage")
+    assert len(folder_samples(tmp_path / "calib")) == 4  # bad.png is found, then skipped
+    logs = []
+    images, source = calibration_images(bundle, tmp_path / "calib", log=logs.append)
+    assert len(images) == 3 and source == str((tmp_path / "calib").resolve())
+    assert any("bad.png" in m for m in logs)
+    with pytest.raises(DataError, match="no images"):
+        folder_samples(_empty(tmp_path))
+    with pytest.raises(DataError, match="not found"):
+        folder_samples(tmp_path / "missing")
+
+
+def _empty(tmp_path):
+    d = tmp_path / "empty"
+    d.mkdir()
+    return d
+
+
+def test_reader_feeds_every_image_normalised_then_rewinds():
+    pre = Preprocessing(size=8)
+    images = np.random.default_rng(0).integers(0, 256, (37, 8, 8, 3), dtype=np.uint8)
+    reader = NormalisedBatches(images, pre, batch_size=16)
+    batches = list(iter(reader.get_next, None))
+    assert [len(b["image"]) for b in batches] == [16, 16, 5]
+    np.testing.assert_array_equal(np.concatenate([b["image"] for b in batches]),
+                                  normalize(images, pre))
+    reader.rewind()
+    assert reader.get_next() is not None
+
+
+def test_int8_graph_is_qdq_with_per_channel_int8_weights(exported):
+    g = onnx.load(str(load_bundle(exported[0]).file("model.int8.onnx")))
+    ops = [n.op_type for n in g.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    weights = {t.name: t for t in g.graph.initializer}
+    per_channel = [n for n in g.graph.node if n.op_type == "DequantizeLinear"
+                   and n.input[0] in weights and weights[n.input[0]].data_type == onnx.TensorProto.INT8
+                   and len(weights[n.input[1]].dims) == 1 and weights[n.input[1]].dims[0] > 1]
+    assert per_channel  # conv weights carry one scale per output channel
+
+
+def test_changed_images_are_left_out_of_parity(trained_bundle, tmp_path):
+    from sightwise.export.manifest import unchanged
+
+    bundle = load_bundle(trained_bundle)
+    samples = bundle_samples(bundle, "test")[:3]
+    copies = []
+    for i, s in enumerate(samples):
+        dst = tmp_path / f"{i}.png"
+        shutil.copyfile(s.source, dst)
+        copies.append(type(s)(str(dst), s.label, s.split, s.sha256))
+    Image.new("RGB", (5, 5)).save(copies[1].source)  # edited since training
+    logs = []
+    kept = unchanged(copies, logs.append)
+    assert [k.source for k in kept] == [copies[0].source, copies[2].source]
+    assert "changed since training" in logs[0]
