@@ -123,6 +123,7 @@ def _auto(cfg, pre, cache, num_classes, budget, log) -> Trained:
         return tuned
     log(f"auto: keeping the linear probe (val {probe_acc:.4f} vs fine-tuned {ft_acc:.4f})")
     probe.candidates = tuned.candidates
+    probe.history = tuned.history  # the report still shows how fine-tuning went
     return probe
 
 
