@@ -57,11 +57,18 @@ def train(
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
     drop_leakage: Annotated[bool, typer.Option(help="Drop files duplicated across splits.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: one per core; "
+                                                "1 is faster on a machine busy with other work).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Train a classifier and write metrics.json, report.html and bundle/ into OUT."""
+    import torch
+
     from sightwise.config import TrainConfig, parse_duration
     from sightwise.train.pipeline import run_training
+
+    if threads:
+        torch.set_num_threads(threads)
 
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
@@ -156,13 +163,15 @@ def benchmark(
     learning_curve: Annotated[bool, typer.Option(help="Also accuracy vs labels per class "
                                                  "(5, 10, 25, 50, all).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for folds and subsets.")] = 0,
+    threads: Annotated[int | None, typer.Option(help="torch threads (1 is faster on a "
+                                                "machine busy with other work).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Deep learning vs traditional methods (k-NN, HOG+SVM) on the same splits."""
     from sightwise.baselines.benchmark import run_benchmark
 
     run_benchmark(data, out, folds=folds, quick=quick, learning_curve=learning_curve, seed=seed,
-                  progress=progress, log=_log)
+                  threads=threads, progress=progress, log=_log)
     typer.echo((Path(out) / "benchmark.md").read_text())
 
 

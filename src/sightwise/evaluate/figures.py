@@ -25,13 +25,13 @@ DPI = 110
 _MAX_ANNOTATED_CLASSES = 25
 
 
-def _new_figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), dpi=DPI, layout="tight")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_figure(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as PNG next to ``path`` under a temp name, then rename into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +72,7 @@ def plot_confusion_matrix(
     shown = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) if normalize else cm
     vmax = 1.0 if normalize else max(int(cm.max()), 1)
     side = min(max(4.5, 0.55 * n + 2.5), 22.0)
-    fig = _new_figure(side + 1.0, side)
+    fig = new_figure(side + 1.0, side)
     ax = fig.add_subplot()
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
@@ -90,7 +90,7 @@ def plot_confusion_matrix(
                 text = f"{cm[i, j]}" + (f"\n{shown[i, j]:.0%}" if normalize else "")
                 color = "white" if shown[i, j] > 0.55 * vmax else "black"
                 ax.text(j, i, text, ha="center", va="center", color=color, fontsize=fontsize)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _reliability_panel(ax, probs: np.ndarray, y: np.ndarray, n_bins: int, label: str) -> None:
@@ -126,12 +126,12 @@ def plot_reliability_diagram(
     n_bins: int = 15,
 ) -> Path:
     """Side-by-side reliability diagrams before and after temperature scaling."""
-    fig = _new_figure(10.0, 5.0)
+    fig = new_figure(10.0, 5.0)
     axes = fig.subplots(1, 2)
     _reliability_panel(axes[0], probs_before, y, n_bins, "Before calibration")
     _reliability_panel(axes[1], probs_after, y, n_bins, "After calibration")
     fig.suptitle(f"Reliability diagram (n = {len(np.asarray(y))}, {n_bins} bins)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _as_displayable(image: np.ndarray) -> tuple[np.ndarray, str | None]:
@@ -159,7 +159,7 @@ def plot_images_grid(
         raise ValueError("plot_images_grid needs at least one image")
     ncols = max(1, min(ncols, len(images)))
     nrows = math.ceil(len(images) / ncols)
-    fig = _new_figure(2.8 * ncols, 3.0 * nrows)
+    fig = new_figure(2.8 * ncols, 3.0 * nrows)
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax in axes:
         ax.set_axis_off()
@@ -167,15 +167,15 @@ def plot_images_grid(
         img, cmap = _as_displayable(image)
         ax.imshow(img, cmap=cmap)
         ax.set_title(title, fontsize=8, wrap=True)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _no_mistakes(path: str | Path) -> Path:
-    fig = _new_figure(5.0, 2.0)
+    fig = new_figure(5.0, 2.0)
     ax = fig.add_subplot()
     ax.set_axis_off()
     ax.text(0.5, 0.5, "No mistakes on the test split", ha="center", va="center", fontsize=13)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mistakes_grid(

@@ -66,11 +66,12 @@ def class_weights(y: np.ndarray, num_classes: int, balance: str) -> torch.Tensor
 def evaluate_logits(model: nn.Module, images: np.ndarray, pre: Preprocessing,
                     batch_size: int = 64) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     out = []
     with torch.inference_mode():
         for i in range(0, len(images), batch_size):
             x = to_input(torch.from_numpy(np.ascontiguousarray(images[i:i + batch_size])), pre)
-            out.append(model(x).float().numpy())
+            out.append(model(x.to(device)).float().cpu().numpy())
     return np.concatenate(out)
 
 
@@ -117,10 +118,10 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     best_val_loss = float("inf")
     stale, step, epoch_seconds, seen, t_train = 0, 0, None, 0, 0.0
+    t_fit = time.perf_counter()
     bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not cfg.progress)
     for epoch in range(cfg.epochs):
-        # Stop before an epoch that the budget cannot hold (first epoch: always try).
-        if epoch_seconds is not None and not budget.allows(epoch_seconds):
+        if budget.left() <= 0:
             best.stopped_by = "budget"
             break
         t0 = time.perf_counter()
@@ -149,14 +150,12 @@ def fit(
             losses.append(loss.item())
             step += 1
             seen += len(idx)
+            if step == PLAN_AFTER_STEPS and budget.seconds is not None:
+                total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
+                                                  step, steps_per_epoch, cfg)
             if budget.left() <= 0:  # even mid-way through the first epoch
                 break
         t_train += time.perf_counter() - t0
-        if epoch == 0 and budget.seconds is not None:
-            # Fit the cosine schedule to the epochs the budget can hold, so the learning
-            # rate has decayed when time runs out instead of being cut off at its peak.
-            fits = int((budget.left() + (time.perf_counter() - t0)) // max(1e-6, time.perf_counter() - t0))
-            total_steps = steps_per_epoch * max(2, min(cfg.epochs, fits))
         val_logits = evaluate_logits(model, x_val, pre)
         val_pred = val_logits.argmax(1)
         val_acc = float((val_pred == y_val).mean()) if len(y_val) else 0.0
@@ -189,6 +188,23 @@ def fit(
     model.eval()
     best.images_per_second = seen / t_train if t_train > 0 else 0.0
     return best
+
+
+# Steps timed before the schedule is fitted to the budget (the first ones include warm-up
+# costs of the allocator and kernels, so a handful, not one).
+PLAN_AFTER_STEPS = 5
+
+
+def _plan(budget: Budget, seconds: float, steps: int, steps_per_epoch: int,
+          cfg: TrainConfig) -> tuple[int, int]:
+    """Fit the cosine schedule to the steps the budget can hold, so the learning rate has
+    decayed when time runs out instead of being cut off near its peak; warm-up is then at
+    most a tenth of the run. Validation costs about a tenth of an epoch: leave room for it."""
+    per_step = seconds / steps * 1.1
+    fits = steps + int(budget.left() / per_step)
+    total = max(steps + 1, min(cfg.epochs * steps_per_epoch, fits))
+    warmup = max(1, min(int(cfg.warmup_epochs * steps_per_epoch), total // 10))
+    return total, warmup
 
 
 def _freeze_bn_stats(model: nn.Module) -> None:

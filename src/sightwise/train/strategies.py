@@ -79,15 +79,27 @@ def _linear_probe(cfg, pre, cache, num_classes, log) -> Trained:
                    candidates={"linear-probe": {"val_accuracy": probe.val_accuracy, "C": probe.C}})
 
 
-def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool,
-              model: Classifier | None = None) -> Trained:
-    model = model or build_classifier(cfg.model_name, num_classes, pretrained=pretrained)
+SCRATCH_LR = 3e-3
+
+
+def learning_rates(cfg: TrainConfig, pretrained: bool) -> tuple[float, float]:
+    """(backbone lr, head lr). From scratch every weight starts random: one larger rate."""
+    return (cfg.lr, cfg.head_lr) if pretrained else (SCRATCH_LR, SCRATCH_LR)
+
+
+def new_model(cfg: TrainConfig, num_classes: int, pretrained: bool) -> Classifier:
+    """The network a fine-tune or scratch run starts from (zero head when pretrained)."""
+    model = build_classifier(cfg.model_name, num_classes, pretrained=pretrained)
     if pretrained:
         with torch.no_grad():  # a zero head: every class starts equally likely
             model.head.weight.zero_()
             model.head.bias.zero_()
-    # From scratch, every weight starts random: a larger learning rate for all of it.
-    lr, head_lr = (cfg.lr, cfg.head_lr) if pretrained else (3e-3, 3e-3)
+    return model
+
+
+def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) -> Trained:
+    model = new_model(cfg, num_classes, pretrained)
+    lr, head_lr = learning_rates(cfg, pretrained)
     name = "finetune" if pretrained else "scratch"
     res = fit(model, cache.subset("train"), cache.subset("val"), pre, cfg, budget,
               lr=lr, head_lr=head_lr, desc=name)
