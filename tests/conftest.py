@@ -85,3 +85,11 @@ def trained_run(tmp_path_factory):
     run_training(TrainConfig(data=str(data), out=str(run), strategy="linear-probe", img_size=96,
                              progress=False), log=lambda msg: None)
     return data, run
+
+
+@pytest.fixture(autouse=True)
+def _isolated_store(monkeypatch, tmp_path_factory):
+    """No test writes MLflow runs into the user's ~/.sightwise (registry tests opt back in)."""
+    monkeypatch.setenv("SIGHTWISE_TRACKING", "0")
+    monkeypatch.setenv("SIGHTWISE_HOME", str(tmp_path_factory.getbasetemp() / "sightwise-home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -19,6 +19,26 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Sightwise: train, prove, export and serve image classifiers offline.")
 
 
+def _mount_models() -> None:
+    # The registry sub-app imports MLflow only when a `models` command runs.
+    from sightwise.registry.cli import models_app
+
+    app.add_typer(models_app, name="models",
+                  help="Model registry on MLflow: register, list, show, promote, rollback. "
+                       "Store: $SIGHTWISE_HOME (default ~/.sightwise: mlflow.db + artifacts), "
+                       "or any MLflow server by MLFLOW_TRACKING_URI.")
+
+
+_mount_models()
+
+
+def _track(kind: str, run_dir: Path, metrics: dict, config: dict, bundle_dir: Path | None) -> None:
+    """Log an MLflow run (never fails the command; SIGHTWISE_TRACKING=0 turns it off)."""
+    from sightwise.registry.tracking import log_run
+
+    log_run(kind, run_dir, metrics, config, bundle_dir, log=_log)
+
+
 def user_errors(fn):
     """Turn expected failures into one line on stderr and exit code 2."""
 
@@ -52,6 +72,8 @@ def train(
     epochs: Annotated[int, typer.Option(help="Maximum fine-tuning epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Backbone learning rate (fine-tune).")] = 3e-4,
+    patience: Annotated[int, typer.Option(help="Epochs without validation gain before "
+                                          "stopping early.")] = 4,
     unfreeze: Annotated[str, typer.Option(help="all | last-N backbone stages.")] = "all",
     augment: Annotated[str, typer.Option(help="default | strong | none")] = "default",
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
@@ -72,17 +94,18 @@ def train(
 
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
-                      epochs=epochs, batch_size=batch_size, lr=lr, unfreeze=unfreeze,
+                      epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress)
-    run_training(cfg, log=_log)
+    metrics = run_training(cfg, log=_log)
+    _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
 
 
 @app.command()
 @user_errors
 def predict(
-    bundle: Annotated[str, typer.Argument(help="Bundle folder (RUN/bundle).")],
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, NAME@ALIAS or NAME/VERSION.")],
     images: Annotated[list[str], typer.Argument(help="Image files.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
@@ -112,7 +135,7 @@ def _pred_dict(p) -> dict:
 @app.command()
 @user_errors
 def explain(
-    bundle: Annotated[str, typer.Argument(help="Bundle folder.")],
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, NAME@ALIAS or NAME/VERSION.")],
     image: Annotated[str, typer.Argument(help="Image file.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Overlay PNG to write.")],
     class_name: Annotated[str | None, typer.Option("--class", help="Explain this class "
@@ -146,6 +169,8 @@ def export(
 
     parity = export_bundle(bundle, int8=int8, calib=calib, opset=opset, force=force,
                            edge_dir=edge, threads=threads, log=_log)
+    _track("export", Path(bundle), parity, {"int8": int8, "calib": calib, "opset": opset,
+                                            "force": force, "edge": edge}, Path(bundle))
     if not parity["passed"]:
         _log("warning: parity gate failed; export kept because of --force")
     typer.echo(json.dumps(parity, indent=2))
@@ -170,8 +195,10 @@ def benchmark(
     """Deep learning vs traditional methods (k-NN, HOG+SVM) on the same splits."""
     from sightwise.baselines.benchmark import run_benchmark
 
-    run_benchmark(data, out, folds=folds, quick=quick, learning_curve=learning_curve, seed=seed,
-                  threads=threads, progress=progress, log=_log)
+    result = run_benchmark(data, out, folds=folds, quick=quick, learning_curve=learning_curve,
+                           seed=seed, threads=threads, progress=progress, log=_log)
+    _track("benchmark", Path(out), result, {"data": data, "folds": folds, "quick": quick,
+                                            "learning_curve": learning_curve, "seed": seed}, None)
     typer.echo((Path(out) / "benchmark.md").read_text())
 
 
@@ -191,7 +218,8 @@ def demo(
     _log(f"made a 6-class texture dataset in {data}")
     cfg = TrainConfig(data=str(data), out=out, budget_s=parse_duration(budget), img_size=128,
                       progress=progress)
-    run_training(cfg, log=_log)
+    metrics = run_training(cfg, log=_log)
+    _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"open {Path(out) / 'report.html'}; try: sightwise predict {Path(out) / 'bundle'} "
          f"{data / 'brick' / 'brick_000.png'}")
 

@@ -21,7 +21,10 @@ from sightwise.predict import has_gated_onnx
 def explain_image(bundle_ref: str, image_path: str, out: str, *,
                   class_name: str | None = None) -> tuple[str, float]:
     """Write the overlay PNG; return (explained class, its calibrated probability)."""
-    bundle = load_bundle(bundle_ref)
+    from sightwise.registry.resolve import resolve_bundle
+
+    # NAME@ALIAS, NAME/VERSION or a folder; resolve_bundle verifies every file's sha256.
+    bundle = load_bundle(resolve_bundle(bundle_ref), verify=False)
     classes = bundle.classes
     if class_name is not None and class_name not in classes:
         raise SightwiseError(f"unknown class {class_name!r}; classes: {', '.join(classes)}")

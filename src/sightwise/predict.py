@@ -23,7 +23,10 @@ def top_k(probs: np.ndarray, classes: Sequence[str], k: int) -> tuple[ClassScore
 
 def predict_files(bundle_ref: str, paths: Sequence[str], *, top_k_n: int | None = None,
                   top_k: int = 3, batch_size: int = 32) -> list[Prediction]:
-    bundle = load_bundle(bundle_ref)
+    from sightwise.registry.resolve import resolve_bundle
+
+    # NAME@ALIAS, NAME/VERSION or a folder; resolve_bundle verifies every file's sha256.
+    bundle = load_bundle(resolve_bundle(bundle_ref), verify=False)
     k = top_k_n or top_k
     if has_gated_onnx(bundle):
         from sightwise.runtime import Predictor
