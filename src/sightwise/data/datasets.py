@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sightwise.bundle import sha256_path
 from sightwise.data.decode import is_image_path
 from sightwise.errors import DataError
 from sightwise.types import SPLITS, Sample
@@ -46,12 +47,8 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# One file hasher for the whole package (bundles verify with the same function).
+sha256_file = sha256_path
 
 
 def load_dataset(path: str | Path, *, labels: str = "top") -> Dataset:
