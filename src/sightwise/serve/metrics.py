@@ -1,0 +1,92 @@
+"""Prometheus metrics on a per-app registry (two apps in one process, as in the tests, must
+not share or collide in prometheus_client's global registry).
+
+Routes are labelled by their template (`/v1/predict`), never by the raw path, so a client
+probing random URLs cannot grow the label set without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class ServeMetrics:
+    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sightwise_http_requests", "HTTP requests answered",
+                                ["route", "method", "status"], registry=r)
+        self.latency = Histogram("sightwise_http_request_duration_seconds",
+                                 "Time from request to the end of the response", ["route"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("sightwise_batch_size", "Images per ONNX batch",
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.queue = Gauge("sightwise_queue_depth", "Images waiting for the batch worker",
+                           registry=r)
+        self.queue.set_function(queue_depth)
+        self.in_flight = Gauge("sightwise_in_flight_requests",
+                               "Inference requests admitted and not yet answered", registry=r)
+        self.in_flight.set_function(in_flight)
+        self.model = Gauge("sightwise_model_info", "The model answering (value 1)",
+                           ["name", "version"], registry=r)
+        self.swaps = Counter("sightwise_model_swaps", "Model loads by result", ["result"],
+                             registry=r)
+        self._model_labels: tuple[str, str] | None = None
+        # Paths answered before routing (401, 413, 503 from middleware) keep their name.
+        self.known_paths: frozenset[str] = frozenset()
+
+    def set_model(self, name: str, version) -> None:
+        if self._model_labels is not None:
+            self.model.remove(*self._model_labels)
+        self._model_labels = (name, str(version))
+        self.model.labels(*self._model_labels).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def route_label(scope, known_paths: frozenset[str] = frozenset()) -> str:
+    """
+    >>> route_label({"path": "/v1/predict"}, frozenset({"/v1/predict"}))
+    '/v1/predict'
+    >>> route_label({"path": "/random/../probe"}), route_label({"path": "/v1/admin/x"})
+    ('unmatched', '/v1/admin')
+    """
+    path = getattr(scope.get("route"), "path", None) or scope.get("path", "")
+    if path in known_paths or scope.get("route") is not None:
+        return path
+    return "/v1/admin" if path.startswith("/v1/admin") else "unmatched"
+
+
+class MetricsMiddleware:
+    """ASGI middleware counting every answer, including those of inner middleware (401, 413)."""
+
+    def __init__(self, app, metrics: ServeMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            label = route_label(scope, self.metrics.known_paths)
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(label, method, str(status)).inc()
+            self.metrics.latency.labels(label).observe(time.perf_counter() - start)

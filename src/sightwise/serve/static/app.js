@@ -1,0 +1,132 @@
+// The Sightwise page: upload one image, show the top-k bars from /v1/predict and the class
+// activation map overlay from /v1/explain. No dependencies; everything from this server.
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const input = $("file-input");
+  const zone = $("drop-zone");
+  let overlayUrl = null;
+
+  function authHeaders() {
+    const token = $("token-input").value.trim();
+    return token ? { Authorization: "Bearer " + token } : {};
+  }
+
+  async function errorMessage(response) {
+    try {
+      const body = await response.json();
+      return body.error ? body.error.message : response.statusText;
+    } catch (_) {
+      return response.status + " " + response.statusText;
+    }
+  }
+
+  function showError(message) {
+    const el = $("error");
+    el.textContent = message;
+    el.hidden = !message;
+  }
+
+  function showPredictions(body) {
+    const list = $("predictions");
+    list.replaceChildren();
+    const result = body.results[0];
+    for (const p of result.predictions) {
+      const pct = (100 * p.probability).toFixed(1);
+      const item = document.createElement("li");
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = p.label;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.setAttribute("aria-hidden", "true");
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.width = pct + "%";
+      bar.appendChild(fill);
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = pct + "%";
+      item.append(label, bar, value);
+      list.appendChild(item);
+    }
+    const top = result.predictions[0];
+    $("status").textContent = "Predicted: " + top.label + " (" +
+      (100 * top.probability).toFixed(1) + "%)";
+    $("status").dataset.label = top.label;
+    $("answered-by").textContent = "Answered by " + body.model.name + " version " +
+      body.model.version + " in " + result.ms.toFixed(1) + " ms.";
+  }
+
+  async function showOverlay(file) {
+    const form = new FormData();
+    form.append("file", file);
+    const response = await fetch("/v1/explain", { method: "POST", body: form, headers: authHeaders() });
+    if (!response.ok) {
+      showError("Heat map unavailable: " + await errorMessage(response));
+      return;
+    }
+    const blob = await response.blob();
+    if (overlayUrl) URL.revokeObjectURL(overlayUrl);
+    overlayUrl = URL.createObjectURL(blob);
+    const label = decodeURIComponent(response.headers.get("X-Sightwise-Label") || "");
+    const img = $("overlay");
+    img.src = overlayUrl;
+    img.alt = "Heat map over the image: warm colours mark the regions that made the model say " + label + ".";
+    $("overlay-caption").textContent = "Where the model looked for " + label + ".";
+    $("overlay-figure").hidden = false;
+  }
+
+  async function classify(file) {
+    if (!file) return;
+    showError("");
+    $("status").textContent = "Classifying " + file.name + "…";
+    delete $("status").dataset.label;
+    $("predictions").replaceChildren();
+    $("answered-by").textContent = "";
+    const form = new FormData();
+    form.append("file", file);
+    let response;
+    try {
+      response = await fetch("/v1/predict?top_k=5", { method: "POST", body: form, headers: authHeaders() });
+    } catch (err) {
+      $("status").textContent = "No answer.";
+      showError("The server could not be reached.");
+      return;
+    }
+    if (!response.ok) {
+      $("status").textContent = "No prediction.";
+      showError(await errorMessage(response));
+      return;
+    }
+    showPredictions(await response.json());
+    await showOverlay(file);
+  }
+
+  async function loadModelInfo() {
+    try {
+      const response = await fetch("/v1/model", { headers: authHeaders() });
+      if (!response.ok) {
+        $("model-status").textContent = "Model: " + await errorMessage(response);
+        return;
+      }
+      const m = await response.json();
+      $("model-status").textContent = "Model " + m.name + ", version " + m.version + " · " +
+        m.classes.length + " classes: " + m.classes.join(", ");
+    } catch (_) {
+      $("model-status").textContent = "Model information unavailable.";
+    }
+  }
+
+  input.addEventListener("change", () => classify(input.files[0]));
+  zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("dragging");
+    if (e.dataTransfer.files.length) classify(e.dataTransfer.files[0]);
+  });
+  $("upload-form").addEventListener("submit", (e) => e.preventDefault());
+  loadModelInfo();
+})();
