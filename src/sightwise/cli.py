@@ -73,7 +73,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Backbone learning rate (fine-tune).")] = 3e-4,
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before "
-                                          "stopping early.")] = 4,
+                                          "stopping early.")] = 8,
     unfreeze: Annotated[str, typer.Option(help="all | last-N backbone stages.")] = "all",
     augment: Annotated[str, typer.Option(help="default | strong | none")] = "default",
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",

@@ -25,7 +25,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
     unfreeze: str = "all"  # "all" or "last-N" (the last N backbone stages train)
-    patience: int = 4
+    patience: int = 8  # small validation sets are noisy: 4 stopped BreastMNIST mid-schedule
     balance: str = "auto"  # auto (weighted loss above 3:1), weighted, none
     augment: str = "default"  # default (crop, h-flip, colour), strong (+ v-flip, rot90), none
     drop_leakage: bool = False
