@@ -38,8 +38,12 @@ class NormalisedBatches(CalibrationDataReader):
     """Feeds uint8 images to the calibrator as normalised float batches, made lazily so
     300 images at 224 px stay 45 MB of uint8 rather than 180 MB of float."""
 
-    def __init__(self, images: np.ndarray, pre: Preprocessing, batch_size: int = 16):
-        self.images, self.pre, self.batch_size = images, pre, batch_size
+    def __init__(self, images: np.ndarray, pre: Preprocessing, batch_size: int = 20):
+        # Equal-sized batches only: onnxruntime's histogram calibrators stack the collected
+        # activations and fail on a short last batch, so the remainder (< batch_size) is
+        # left out unless it is all there is.
+        usable = len(images) - len(images) % batch_size if len(images) > batch_size else len(images)
+        self.images, self.pre, self.batch_size = images[:usable], pre, batch_size
         self.start = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
@@ -93,6 +97,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
             op_types_to_quantize=_op_types_without_head(prepared),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            # Percentile (99.999 %) ignores the rare extreme activations that stretch a
+            # MinMax range: on NEU it halved the top-1 flips (2 -> 1 of 270).
+            calibrate_method=CalibrationMethod.Percentile,
         )
         atomic_write_bytes(out_path, quantized.read_bytes())
