@@ -32,6 +32,27 @@ def _mount_models() -> None:
 _mount_models()
 
 
+def _mount_index() -> None:
+    from sightwise.search.cli import index_app
+
+    @index_app.command("backbone-bundle")
+    def index_backbone_bundle(
+        out: Annotated[str, typer.Option("--out", help="Bundle folder to write.")],
+        img_size: Annotated[int, typer.Option("--img-size", help="Input size.")] = 224,
+    ) -> None:
+        """Write an "embedding" bundle: ImageNet EfficientNet-Lite0 pooled features, to index
+        with before (or instead of) fine-tuning on the catalogue."""
+        from sightwise.export.backbone import write_backbone_bundle
+
+        typer.echo(str(write_backbone_bundle(out, img_size=img_size)))
+
+    app.add_typer(index_app, name="index", help="Visual search: build, add, remove, query, "
+                  "dupes, evaluate (FAISS over the bundle's embeddings).")
+
+
+_mount_index()
+
+
 def _track(kind: str, run_dir: Path, metrics: dict, config: dict, bundle_dir: Path | None) -> None:
     """Log an MLflow run (never fails the command; SIGHTWISE_TRACKING=0 turns it off)."""
     from sightwise.registry.tracking import log_run
@@ -226,6 +247,8 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Batch worker threads (default 2).")] = None,
     watch_interval: Annotated[float, typer.Option(help="Seconds between registry alias "
                                                   "checks.")] = 5.0,
+    index: Annotated[str | None, typer.Option("--index", help="Search index folder for "
+                                              "POST /v1/search.")] = None,
 ) -> None:
     """Serve the HTTP API (/v1, docs at /docs) and the web page; ONNX Runtime only, no torch."""
     from sightwise.serve.app import serve_main
@@ -234,7 +257,7 @@ def serve(
                require_token=require_token, max_batch=max_batch, batch_window_ms=batch_window_ms,
                max_queue=max_queue, max_body_mb=max_body_mb, max_images=max_images,
                request_timeout_s=timeout, threads=threads, workers=workers,
-               watch_interval_s=watch_interval)
+               watch_interval_s=watch_interval, index=index)
 
 
 @app.command()

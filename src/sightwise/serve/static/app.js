@@ -102,6 +102,61 @@
     }
     showPredictions(await response.json());
     await showOverlay(file);
+    await showSimilar(file);
+  }
+
+  // Visual search (POST /v1/search, only when the server was started with --index): text
+  // tiles, because the server keeps no uploads and serves no indexed pixels.
+  let searchEnabled = null;
+
+  async function hasSearch() {
+    // Ask the OpenAPI schema once rather than probing /v1/search: a 404 would be logged as
+    // a console error on every server started without an index.
+    if (searchEnabled === null) {
+      try {
+        const r = await fetch("/openapi.json");
+        searchEnabled = r.ok && "/v1/search" in ((await r.json()).paths || {});
+      } catch (_) {
+        searchEnabled = false;
+      }
+    }
+    return searchEnabled;
+  }
+
+  async function showSimilar(file) {
+    if (!await hasSearch()) return;
+    const form = new FormData();
+    form.append("file", file);
+    let response;
+    try {
+      response = await fetch("/v1/search?k=8", { method: "POST", body: form, headers: authHeaders() });
+    } catch (_) {
+      return;
+    }
+    $("similar-section").hidden = false;
+    const list = $("similar");
+    list.replaceChildren();
+    if (!response.ok) {
+      $("similar-status").textContent = "Search unavailable: " + await errorMessage(response);
+      return;
+    }
+    const body = await response.json();
+    $("similar-status").textContent = body.matches.length + " of " + body.index.count + " indexed images";
+    for (const m of body.matches) {
+      const li = document.createElement("li");
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = m.label || "(no label)";
+      const path = document.createElement("span");
+      path.className = "path";
+      path.textContent = m.path.split("/").slice(-2).join("/");
+      path.title = m.path;
+      const sim = document.createElement("span");
+      sim.className = "value";
+      sim.textContent = "similarity " + m.similarity.toFixed(3);
+      li.append(label, path, sim);
+      list.append(li);
+    }
   }
 
   async function loadModelInfo() {
