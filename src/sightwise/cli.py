@@ -53,6 +53,16 @@ def _mount_index() -> None:
 _mount_index()
 
 
+def _mount_inspect() -> None:
+    from sightwise.anomaly.cli import inspect_app
+
+    app.add_typer(inspect_app, name="inspect", help="Defect inspection from good images only "
+                  "(PatchCore-style): fit, score, evaluate.")
+
+
+_mount_inspect()
+
+
 def _track(kind: str, run_dir: Path, metrics: dict, config: dict, bundle_dir: Path | None) -> None:
     """Log an MLflow run (never fails the command; SIGHTWISE_TRACKING=0 turns it off)."""
     from sightwise.registry.tracking import log_run
@@ -249,6 +259,8 @@ def serve(
                                                   "checks.")] = 5.0,
     index: Annotated[str | None, typer.Option("--index", help="Search index folder for "
                                               "POST /v1/search.")] = None,
+    detector: Annotated[str | None, typer.Option("--detector", help="Defect detector bundle "
+                                                 "for POST /v1/inspect.")] = None,
 ) -> None:
     """Serve the HTTP API (/v1, docs at /docs) and the web page; ONNX Runtime only, no torch."""
     from sightwise.serve.app import serve_main
@@ -257,7 +269,7 @@ def serve(
                require_token=require_token, max_batch=max_batch, batch_window_ms=batch_window_ms,
                max_queue=max_queue, max_body_mb=max_body_mb, max_images=max_images,
                request_timeout_s=timeout, threads=threads, workers=workers,
-               watch_interval_s=watch_interval, index=index)
+               watch_interval_s=watch_interval, index=index, detector=detector)
 
 
 @app.command()

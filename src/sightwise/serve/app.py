@@ -96,7 +96,8 @@ def create_app(bundle: str | Path | None = None, *, name: str | None = None,
                limits: Limits | None = None, max_batch: int = 16,
                batch_window_ms: float = 2.0, threads: int | None = None,
                workers: int | None = None, watch_interval_s: float = 5.0,
-               index: str | Path | None = None) -> FastAPI:
+               index: str | Path | None = None,
+               detector: str | Path | None = None) -> FastAPI:
     """Build the app. Serves `bundle` (as `version`, default `local-<sha>`) and, with
     `watch`, swaps to whatever `(version, bundle_path)` it returns. Without `bundle`, the
     first model comes from `watch()` (the app answers /readyz 503 until one loads).
@@ -136,6 +137,10 @@ def create_app(bundle: str | Path | None = None, *, name: str | None = None,
         from sightwise.serve.search_routes import add_search_routes
 
         add_search_routes(app, index, threads=threads)
+    if detector is not None:  # POST /v1/inspect with a good-images-only defect detector
+        from sightwise.serve.inspect_routes import add_inspect_routes
+
+        add_inspect_routes(app, detector, threads=threads)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     state.metrics.known_paths = frozenset(r.path for r in app.routes)
     # add_middleware wraps: the last added runs first.
@@ -440,7 +445,7 @@ def serve_main(bundle: str | None = None, model: str | None = None, host: str = 
                max_pixels: int = DEFAULT_MAX_PIXELS, request_timeout_s: float = 30.0,
                threads: int | None = None, workers: int | None = None,
                watch_interval_s: float = 5.0, log_level: str = "info",
-               index: str | None = None) -> None:
+               index: str | None = None, detector: str | None = None) -> None:
     """`sightwise serve`: exactly one of `bundle` (a folder) or `model` (NAME@ALIAS, which
     is watched and hot-swapped, or NAME/VERSION, which is pinned). Returns after a graceful
     shutdown (SIGTERM or Ctrl-C): in-flight requests finish, new connections are refused."""
@@ -462,7 +467,8 @@ def serve_main(bundle: str | None = None, model: str | None = None, host: str = 
     app = create_app(bundle, name=name, version=version, watch=watch, token=token,
                      require_token=require_token, limits=limits, max_batch=max_batch,
                      batch_window_ms=batch_window_ms, threads=threads, workers=workers,
-                     watch_interval_s=watch_interval_s, index=index)
+                     watch_interval_s=watch_interval_s, index=index,
+                     detector=detector)
     if host not in ("127.0.0.1", "localhost", "::1") and not require_token:
         log.warning("listening on %s without --require-token: anyone who can reach it can "
                     "use the prediction API", host)

@@ -1,0 +1,94 @@
+"""Torch-free defect scoring from a detector bundle: ONNX patch features + FAISS.
+
+`Detector(path)` loads `extractor.onnx` and `memory.npy` (allow_pickle=False) from a bundle
+whose bundle.json has task "anomaly"; `inspect(images)` gives per-image scores, verdicts and
+heat maps. Heat maps follow PatchCore (Roth et al., CVPR 2022, Sec. 3.3): the patch score
+map is bilinearly upsampled to the input resolution and smoothed by a Gaussian, sigma = 4.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+
+from sightwise.anomaly.patchcore import PatchCore
+from sightwise.bundle import Bundle, load_bundle
+from sightwise.data.preprocess import normalize, resize_rgb
+from sightwise.errors import BundleError
+from sightwise.heatmap import colorize, upsample
+from sightwise.runtime.predictor import make_session
+
+SIGMA = 4.0  # PatchCore's Gaussian smoothing of the upsampled map
+
+
+@dataclass(frozen=True)
+class Inspection:
+    score: float
+    verdict: str  # "ok" | "defect"
+    patch_map: np.ndarray  # (h, w) raw patch distances
+
+
+def load_memory(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        return np.load(f, allow_pickle=False)
+
+
+def smooth_map(patch_map: np.ndarray, size: int, sigma: float = SIGMA) -> np.ndarray:
+    """(h, w) patch scores -> (size, size) pixel scores: bilinear upsampling + Gaussian."""
+    return gaussian_filter(upsample(patch_map, (size, size)), sigma=sigma)
+
+
+class Detector:
+    """A fitted detector bundle, scored with onnxruntime and FAISS only."""
+
+    def __init__(self, bundle_or_path: Bundle | str | Path, *, threads: int | None = None):
+        b = bundle_or_path if isinstance(bundle_or_path, Bundle) else load_bundle(bundle_or_path)
+        if b.task != "anomaly":
+            raise BundleError(f"{b.path}: task is {b.task!r}, not an anomaly detector")
+        self.bundle = b
+        self.pre = b.preprocessing
+        self.session = make_session(b.file("extractor.onnx"), threads)
+        self.core = PatchCore(1.0, threads=threads).set_bank(load_memory(b.file("memory.npy")))
+        self.threshold = float(b.meta["threshold"])
+
+    def features(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
+        out = []
+        for s in range(0, len(images), batch_size):
+            arr = np.stack([resize_rgb(im.convert("RGB"), self.pre) for im in images[s:s + batch_size]])
+            out.append(self.session.run(["features"], {"image": normalize(arr, self.pre)})[0])
+        return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.float32)
+
+    def score_features(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return self.core.score(feats)
+
+    def inspect(self, images: Sequence[Image.Image]) -> list[Inspection]:
+        scores, maps = self.core.score(self.features(images)) if images else ([], [])
+        return [Inspection(float(s), "defect" if s > self.threshold else "ok", m)
+                for s, m in zip(scores, maps, strict=True)]
+
+    def pixel_map(self, patch_map: np.ndarray) -> np.ndarray:
+        """Smoothed (S, S) map at the network's input resolution (used for pixel metrics)."""
+        return smooth_map(patch_map, self.pre.size)
+
+    def overlay(self, image: Image.Image, patch_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
+        """Heat map over `image` at the image's own size. The colour scale runs from 0 to
+        twice the image threshold (the threshold at mid-scale, so good images compare),
+        stretched to the map's maximum when that is higher, so a defect's location stays
+        visible instead of saturating."""
+        base = image.convert("RGB")
+        heat = upsample(self.pixel_map(patch_map), base.size)
+        top = max(2.0 * self.threshold, float(heat.max()), 1e-12)
+        coloured = Image.fromarray(colorize(np.clip(heat / top, 0.0, 1.0)))
+        return Image.blend(base, coloured, alpha)
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()

@@ -1,0 +1,109 @@
+"""`sightwise inspect evaluate`: image/pixel AUROC, PRO, P/R/F1 at the bundle's threshold,
+the realised false-alarm rate on good images, and an HTML report with overlay grids."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sightwise.anomaly.detector import Detector
+from sightwise.anomaly.metrics import detection_counts, image_auroc, pixel_auroc, pro_score
+from sightwise.anomaly.scoring import list_images
+from sightwise.data.decode import decode_image
+from sightwise.errors import ImageDecodeError
+
+
+def _mask_for(image: Path, defect_root: Path, masks_root: Path | None, size: int):
+    """The mask mirroring `image` under `masks_root` (same relative path, .png), resized
+    to the network's input grid (nearest, so it stays binary); None when absent."""
+    if masks_root is None:
+        return None
+    f = masks_root / image.relative_to(defect_root).with_suffix(".png")
+    if not f.is_file():
+        return None
+    m = Image.open(f).convert("L").resize((size, size), Image.Resampling.NEAREST)
+    return np.asarray(m) > 127
+
+
+def _score_set(det: Detector, files: list[Path], batch: int = 16):
+    scores, pixel_maps, kept, images = [], [], [], []
+    for s in range(0, len(files), batch):
+        ims, ok = [], []
+        for f in files[s:s + batch]:
+            try:
+                ims.append(decode_image(f))
+                ok.append(f)
+            except ImageDecodeError as exc:
+                print(f"skipped {f}: {exc}")
+        for f, im, r in zip(ok, ims, det.inspect(ims), strict=True):
+            scores.append(r.score)
+            pixel_maps.append(det.pixel_map(r.patch_map).astype(np.float32))
+            kept.append(f)
+            images.append((im.copy(), r.patch_map))
+    return np.asarray(scores), pixel_maps, kept, images
+
+
+def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path,
+                      masks: str | Path | None = None, report: str | Path | None = None,
+                      threads: int | None = None, top: int = 8) -> dict:
+    det = Detector(detector, threads=threads)
+    size = det.pre.size
+    g_scores, g_maps, g_files, g_imgs = _score_set(det, list_images(good))
+    d_scores, d_maps, d_files, d_imgs = _score_set(det, list_images(defect))
+    y = np.r_[np.zeros(len(g_scores), bool), np.ones(len(d_scores), bool)]
+    scores = np.r_[g_scores, d_scores]
+    counts = detection_counts(scores, y, det.threshold)
+    result = {"image_auroc": image_auroc(scores, y), "pixel_auroc": None, "pro": None,
+              "false_alarm_rate": counts["false_alarm_rate"], "f1": counts["f1"],
+              "precision": counts["precision"], "recall": counts["recall"],
+              "threshold": det.threshold, "threshold_mode": det.bundle.meta.get("threshold_mode"),
+              "n_good": len(g_scores), "n_defect": len(d_scores)}
+    if masks is not None:
+        d_masks = [_mask_for(f, Path(defect), Path(masks), size) for f in d_files]
+        have = [i for i, m in enumerate(d_masks) if m is not None]
+        if have:
+            maps = np.stack(g_maps + [d_maps[i] for i in have])
+            gt = np.concatenate([np.zeros((len(g_maps), size, size), bool),
+                                 np.stack([d_masks[i] for i in have])])
+            result.update(pixel_auroc=pixel_auroc(maps, gt), pro=pro_score(maps, gt),
+                          n_masks=len(have))
+    if report is not None:
+        _write_report(Path(report), det, result, (g_scores, g_files, g_imgs),
+                      (d_scores, d_files, d_imgs), top)
+    return result
+
+
+def _grid(det: Detector, scores, files, imgs, order, path: Path) -> Path:
+    from sightwise.evaluate.figures import plot_images_grid
+
+    pics = [np.asarray(det.overlay(imgs[i][0], imgs[i][1])) for i in order]
+    titles = [f"{files[i].name}\nscore {scores[i]:.3f}" for i in order]
+    return plot_images_grid(pics, titles, path)
+
+
+def _write_report(path: Path, det: Detector, result: dict, good, defect, top: int) -> None:
+    from sightwise.evaluate.report import write_report
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figures = {}
+    if len(good[0]):
+        order = np.argsort(-good[0])[:top]
+        figures["Highest-scoring good images (likeliest false alarms)"] = _grid(
+            det, *good, order, path.with_name(path.stem + "_good.png"))
+    if len(defect[0]):
+        order = np.argsort(defect[0])[:top]
+        figures["Lowest-scoring defects (likeliest misses)"] = _grid(
+            det, *defect, order, path.with_name(path.stem + "_defect.png"))
+    # write_report's headline table knows classification keys only; ours go in a section.
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
+                   for k, v in result.items())
+    write_report(path, title="Defect inspection", figures=figures,
+                 metrics={"split": "good + defect images given", "n": result["n_good"] + result["n_defect"]},
+                 sections=[("Detection metrics", f"<table>{rows}</table>")])
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)

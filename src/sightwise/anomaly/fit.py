@@ -1,0 +1,152 @@
+"""`sightwise inspect fit`: good images -> a detector bundle (imports torch).
+
+Steps: seeded hold-out of good images -> export the two-stage extractor to ONNX (checked
+against PyTorch) -> patch features of the fit images through that graph (the same graph
+the torch-free scorer runs) -> coreset memory bank -> threshold at the target false-alarm
+rate on the held-out good images (and, with defect images, the F1-optimal one).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sightwise.anomaly.detector import SIGMA, Detector
+from sightwise.anomaly.extractor import (
+    DEFAULT_STAGES,
+    build_extractor,
+    export_extractor,
+    torch_features,
+)
+from sightwise.anomaly.metrics import image_auroc
+from sightwise.anomaly.patchcore import PatchCore, f1_threshold, far_threshold
+from sightwise.anomaly.scoring import list_images
+from sightwise.bundle import atomic_write_bytes, write_bundle_meta
+from sightwise.data.decode import decode_image
+from sightwise.data.preprocess import normalize, resize_rgb
+from sightwise.errors import ImageDecodeError
+from sightwise.models.registry import get_spec
+
+PARITY_TOL = 1e-4
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    backbone: str = "efficientnet_lite0"
+    img_size: int = 224
+    coreset: float = 0.1
+    false_alarm_rate: float = 0.01
+    holdout: float = 0.2
+    threshold_mode: str = "far"  # "far" | "f1" (f1 needs defect images)
+    seed: int = 0
+    stages: tuple[int, ...] = DEFAULT_STAGES
+    threads: int | None = None
+    max_images: int | None = None  # a seeded subset of the good images (None: all)
+
+
+def split_good(files: list[Path], cfg: FitConfig) -> tuple[list[Path], list[Path]]:
+    """Seeded (fit, held-out) split of the good images."""
+    order = np.random.default_rng(cfg.seed).permutation(len(files))
+    if cfg.max_images:
+        order = order[: cfg.max_images]
+    n_hold = max(1, int(round(cfg.holdout * len(order))))
+    if len(order) - n_hold < 1:
+        raise ValueError(f"need at least 2 good images, got {len(order)}")
+    return [files[i] for i in sorted(order[n_hold:])], [files[i] for i in sorted(order[:n_hold])]
+
+
+def load_batch(files: list[Path], pre) -> tuple[np.ndarray, list[Path]]:
+    """Decode + resize + normalise; unreadable files are skipped and reported."""
+    arrs, kept = [], []
+    for f in files:
+        try:
+            arrs.append(resize_rgb(decode_image(f), pre))
+            kept.append(f)
+        except ImageDecodeError as exc:
+            print(f"skipped {f}: {exc}")
+    if not arrs:
+        raise ValueError("no readable images")
+    return normalize(np.stack(arrs), pre), kept
+
+
+def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig(),
+                 defects: str | Path | None = None) -> dict:
+    """Fit and write the detector bundle in `out`; returns bundle.json's content."""
+    if cfg.threshold_mode not in ("far", "f1"):
+        raise ValueError(f"threshold mode must be 'far' or 'f1', got {cfg.threshold_mode!r}")
+    if cfg.threshold_mode == "f1" and defects is None:
+        raise ValueError("--threshold-mode f1 needs --defects")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pre = replace(get_spec(cfg.backbone).preprocessing, size=cfg.img_size)
+    fit_files, held = split_good(list_images(good), cfg)
+
+    model = build_extractor(cfg.backbone, cfg.stages)
+    export_extractor(model, cfg.img_size, out / "extractor.onnx")
+    parity = _check_parity(model, out / "extractor.onnx", load_batch(fit_files[:2], pre)[0], cfg)
+
+    x_fit, fit_files = load_batch(fit_files, pre)
+    feats = _onnx_features(out / "extractor.onnx", x_fit, cfg.threads)
+    core = PatchCore(cfg.coreset, seed=cfg.seed, threads=cfg.threads).fit(feats)
+    buf = io.BytesIO()
+    np.save(buf, core.memory_bank, allow_pickle=False)
+    atomic_write_bytes(out / "memory.npy", buf.getvalue())
+
+    x_held, held = load_batch(held, pre)
+    held_scores = core.score(_onnx_features(out / "extractor.onnx", x_held, cfg.threads))[0]
+    thresholds = {"far": {"value": far_threshold(held_scores, cfg.false_alarm_rate),
+                          "target_false_alarm_rate": cfg.false_alarm_rate}}
+    metrics = {"n_fit": len(fit_files), "n_holdout": len(held), "memory_bank": len(core.memory_bank),
+               "patches_total": int(feats.shape[0] * feats.shape[2] * feats.shape[3]),
+               "onnx_max_abs_diff": parity}
+    if defects is not None:
+        x_def, _ = load_batch(list_images(defects), pre)
+        def_scores = core.score(_onnx_features(out / "extractor.onnx", x_def, cfg.threads))[0]
+        s = np.concatenate([held_scores, def_scores])
+        y = np.r_[np.zeros(len(held_scores), bool), np.ones(len(def_scores), bool)]
+        t, f1 = f1_threshold(s, y)
+        thresholds["f1"] = {"value": t, "f1": f1}
+        metrics.update(n_defect=len(def_scores), image_auroc=image_auroc(s, y))
+    chosen = thresholds[cfg.threshold_mode]["value"]
+    metrics["holdout_false_alarm_rate"] = float(np.mean(held_scores > chosen))
+    meta = _meta(cfg, pre, feats.shape, chosen, thresholds, metrics)
+    return write_bundle_meta(out, meta)
+
+
+def _meta(cfg, pre, shape, chosen, thresholds, metrics) -> dict:
+    return {
+        "task": "anomaly", "classes": ["ok", "defect"], "backbone": cfg.backbone,
+        "preprocessing": pre.to_dict(),
+        "anomaly": {"method": "patchcore", "stages": list(cfg.stages), "feature_dim": int(shape[1]),
+                    "grid": [int(shape[2]), int(shape[3])], "coreset": cfg.coreset,
+                    "projection_dim": 128, "seed": cfg.seed, "smoothing_sigma": SIGMA,
+                    "image_score": "max patch distance (no reweighting)"},
+        "threshold": chosen, "threshold_mode": cfg.threshold_mode, "thresholds": thresholds,
+        "metrics": metrics, "config": {k: (list(v) if isinstance(v, tuple) else v)
+                                       for k, v in cfg.__dict__.items()},
+    }
+
+
+def _onnx_features(path: Path, x: np.ndarray, threads: int | None, batch: int = 16) -> np.ndarray:
+    from sightwise.runtime.predictor import make_session
+
+    sess = make_session(path, threads)
+    return np.concatenate([sess.run(["features"], {"image": x[i:i + batch]})[0]
+                           for i in range(0, len(x), batch)])
+
+
+def _check_parity(model, onnx_path: Path, x: np.ndarray, cfg: FitConfig) -> float:
+    """ONNX vs PyTorch features on real inputs; refuse a graph that disagrees."""
+    diff = float(np.abs(_onnx_features(onnx_path, x, cfg.threads) - torch_features(model, x)).max())
+    if diff > PARITY_TOL:
+        raise RuntimeError(f"exported extractor disagrees with PyTorch: max |diff| {diff:.2e}")
+    return diff
+
+
+__all__ = ["FitConfig", "fit_detector", "Detector"]

@@ -1,0 +1,68 @@
+"""Coreset against brute-force k-center; FAISS scores against exact NN; thresholds."""
+
+import numpy as np
+import pytest
+
+from sightwise.anomaly.patchcore import PatchCore, f1_threshold, far_threshold, kcenter_greedy
+
+
+def brute_kcenter(x: np.ndarray, k: int, first: int) -> list[int]:
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    chosen, min_d = [first], d[first].copy()
+    for _ in range(k - 1):
+        i = int(np.argmax(min_d))
+        chosen.append(i)
+        min_d = np.minimum(min_d, d[i])
+    return chosen
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_kcenter_matches_brute_force(seed):
+    rng = np.random.default_rng(10 + seed)
+    # Clustered data, so the triangle-inequality pruning path is exercised too.
+    x = (rng.normal(size=(12, 16)) * 5)[rng.integers(12, size=400)] + rng.normal(size=(400, 16))
+    x = x.astype(np.float32)
+    first = int(np.random.default_rng(seed).integers(400))
+    got = kcenter_greedy(x, 40, seed=seed, proj_dim=0).tolist()
+    assert got == brute_kcenter(x.astype(np.float64), 40, first)
+
+
+def test_kcenter_projection_is_kcenter_in_projected_space():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 64)).astype(np.float32)
+    got = kcenter_greedy(x, 25, seed=1, proj_dim=8)
+    r = np.random.default_rng(1)
+    proj = r.standard_normal((64, 8)).astype(np.float32) / np.sqrt(8)
+    first = int(r.integers(300))
+    assert got.tolist() == brute_kcenter((x @ proj).astype(np.float64), 25, first)
+
+
+def test_score_is_exact_nearest_neighbour_distance():
+    rng = np.random.default_rng(2)
+    train = rng.normal(size=(5, 6, 4, 4)).astype(np.float32)
+    test = rng.normal(size=(3, 6, 4, 4)).astype(np.float32)
+    core = PatchCore(1.0).fit(train)
+    scores, maps = core.score(test)
+    bank = train.transpose(0, 2, 3, 1).reshape(-1, 6)
+    q = test.transpose(0, 2, 3, 1).reshape(-1, 6)
+    exact = np.sqrt(((q[:, None] - bank[None]) ** 2).sum(-1)).min(1).reshape(3, 4, 4)
+    np.testing.assert_allclose(maps, exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, exact.reshape(3, -1).max(1), rtol=1e-4)
+    assert len(PatchCore(0.25).fit(train).memory_bank) == 20
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.05, 0.1])
+def test_far_threshold_gives_target_rate(rate):
+    rng = np.random.default_rng(4)
+    held = rng.normal(size=1000)
+    t = far_threshold(held, rate)
+    assert np.mean(held > t) == pytest.approx(rate, abs=1e-9)
+    fresh = rng.normal(size=200_000)  # same distribution: the rate carries over
+    assert abs(np.mean(fresh > t) - rate) < 0.01
+
+
+def test_f1_threshold():
+    s = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.25])
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    t, f1 = f1_threshold(s, y)
+    assert 0.2 <= t < 0.25 and f1 == pytest.approx(2 * 3 / (3 + 4))  # 3 TP, 1 FP
