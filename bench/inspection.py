@@ -4,7 +4,7 @@ scoring >= 5x faster (PatchCore, Roth et al. CVPR 2022, Table 1 / Sec. 4.4).
 Reference: the full bank (no coreset), in the same process on the same features.
 Data: ../shared/datasets/magnetic_tile (Free = good; every other class = defect, masks).
 Features come once from the exported ONNX extractor; only the bank changes between rows.
-Usage: python bench/inspect.py [--fit 120] [--test 120] [--size 224]  (about 3-5 min on 2 cores)
+Usage: python bench/inspection.py [--fit 120] [--test 120] [--size 224]  (about 3-5 min on 2 cores)
 """
 
 from __future__ import annotations
