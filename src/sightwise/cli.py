@@ -5,7 +5,6 @@ User errors (bad data, bad arguments, unusable bundles) print one line and exit 
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from sightwise.errors import SightwiseError
+from sightwise.cli_errors import user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Sightwise: train, prove, export and serve image classifiers offline.")
@@ -68,21 +67,6 @@ def _track(kind: str, run_dir: Path, metrics: dict, config: dict, bundle_dir: Pa
     from sightwise.registry.tracking import log_run
 
     log_run(kind, run_dir, metrics, config, bundle_dir, log=_log)
-
-
-def user_errors(fn):
-    """Turn expected failures into one line on stderr and exit code 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (SightwiseError, ValueError, KeyError, FileNotFoundError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            typer.echo(f"error: {msg}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
 
 
 def _log(msg: str) -> None:

@@ -12,29 +12,26 @@ from typing import Annotated
 
 import typer
 
-from sightwise.errors import SightwiseError
+from sightwise.cli_errors import user_errors
 
 models_app = typer.Typer(no_args_is_help=True, add_completion=False,
                          help="Registered model versions: register, list, show, promote, rollback.")
 
 
 def _user_errors(fn):
-    # sightwise.cli.user_errors, repeated here: the registry sits below the CLI layer.
+    """sightwise's user_errors (exit 2), plus MLflow failures as one line and exit 1."""
+
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def mlflow_errors(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (SightwiseError, ValueError, KeyError, FileNotFoundError) as exc:
-            msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-            typer.echo(f"error: {msg}", err=True)
-            raise typer.Exit(2) from None
         except Exception as exc:
             if getattr(exc, "error_code", None) is None:  # not an MlflowException
                 raise
             typer.echo(f"error: MLflow: {str(exc).splitlines()[0]}", err=True)
             raise typer.Exit(1) from None
 
-    return wrapper
+    return user_errors(mlflow_errors)
 
 
 def _echo_json(obj) -> None:

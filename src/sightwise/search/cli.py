@@ -7,14 +7,13 @@ Refusals (another bundle, a missing index, bad data) print one line on stderr an
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sightwise.errors import SightwiseError
+from sightwise.cli_errors import user_errors
 
 index_app = typer.Typer(no_args_is_help=True, add_completion=False,
                         help="Visual search: build, update and query an embedding index; "
@@ -26,25 +25,12 @@ Labels = Annotated[str, typer.Option("--labels", help="none|top|leaf: class from
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
-def _user_errors(fn):
-    # sightwise.cli.user_errors, repeated here: search sits below the CLI layer.
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except (SightwiseError, ValueError, FileNotFoundError) as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return wrapper
-
-
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
 @index_app.command()
-@_user_errors
+@user_errors
 def build(
     images: Annotated[str, typer.Argument(help="Folder (recursive), dataset or CSV manifest.")],
     bundle: Annotated[str, typer.Option("--bundle", help="Bundle: NAME@ALIAS, NAME/V or DIR.")],
@@ -67,7 +53,7 @@ def build(
 
 
 @index_app.command()
-@_user_errors
+@user_errors
 def add(
     index: Annotated[str, typer.Argument(help="Index folder.")],
     images: Annotated[str, typer.Argument(help="Folder, dataset or CSV manifest to add.")],
@@ -82,7 +68,7 @@ def add(
 
 
 @index_app.command()
-@_user_errors
+@user_errors
 def remove(
     index: Annotated[str, typer.Argument(help="Index folder.")],
     items: Annotated[list[str], typer.Argument(help="Ids, indexed paths or folders.")],
@@ -94,7 +80,7 @@ def remove(
 
 
 @index_app.command()
-@_user_errors
+@user_errors
 def query(
     index: Annotated[str, typer.Argument(help="Index folder.")],
     image: Annotated[list[str], typer.Argument(help="Query image file(s).")],
@@ -120,7 +106,7 @@ def query(
 
 
 @index_app.command()
-@_user_errors
+@user_errors
 def dupes(
     source: Annotated[str, typer.Argument(help="Index folder, or images to embed (--bundle).")],
     threshold: Annotated[float, typer.Option("--threshold", help="Cosine for a pair.")] = 0.95,
@@ -150,7 +136,7 @@ def dupes(
 
 
 @index_app.command()
-@_user_errors
+@user_errors
 def evaluate(
     index: Annotated[str, typer.Argument(help="Index folder (items carry labels).")],
     queries: Annotated[str, typer.Option("--queries", help="Labelled folder or CSV manifest.")],
