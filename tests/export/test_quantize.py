@@ -112,3 +112,38 @@ def test_changed_images_are_left_out_of_parity(trained_bundle, tmp_path):
     kept = unchanged(copies, logs.append)
     assert [k.source for k in kept] == [copies[0].source, copies[2].source]
     assert "changed since training" in logs[0]
+
+
+def test_bias_correction_removes_the_mean_shift_of_int8_convolutions(exported, tmp_path):
+    """Against the float graph on images the correction never saw: the int8 graph's mean
+    output per channel (last conv) moves towards the float one, and only biases change."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from sightwise.export.manifest import load_images
+    from sightwise.export.quantize import _channel_means, quantize_int8
+
+    bundle = load_bundle(exported[0])
+    pre = bundle.preprocessing
+    calib, _ = calibration_images(bundle, None, n=40, seed=0, log=lambda _m: None)
+    held_out, _ = load_images(bundle_samples(bundle, "test"), pre, lambda _m: None, what="test")
+    fp32 = tmp_path / "prepared.onnx"
+    quant_pre_process(str(bundle.file("model.onnx")), str(fp32))
+    plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
+    quantize_int8(fp32, plain, calib, pre, bias_correction=False)
+    quantize_int8(fp32, corrected, calib, pre, bias_correction=True)
+
+    float_model = onnx.load(str(fp32))
+    last = [n for n in float_model.graph.node if n.op_type == "Conv"][-1]
+    (reference,) = _channel_means(float_model, [last.output[0]], held_out, pre)
+    errors = {}
+    for name, path in (("plain", plain), ("corrected", corrected)):
+        model = onnx.load(str(path))
+        out = next(n.output[0] for n in model.graph.node if n.name == last.name)
+        (mean,) = _channel_means(model, [out], held_out, pre)
+        errors[name] = float(np.abs(mean - reference).mean())
+    assert errors["corrected"] < 0.5 * errors["plain"], errors
+
+    a = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(plain)).graph.initializer}
+    b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(corrected)).graph.initializer}
+    changed = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert changed and all(b[k].dtype == np.int32 for k in changed)  # int32 = quantised biases

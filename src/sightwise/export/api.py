@@ -26,7 +26,12 @@ from sightwise.export.edge import check_edge_target, write_edge_package
 from sightwise.export.manifest import bundle_samples, load_images, unchanged
 from sightwise.export.onnx_export import export_onnx, make_session, run_logits, save_head
 from sightwise.export.parity import GATE, Gate, ParityError, failure_message, parity_report
-from sightwise.export.quantize import DEFAULT_CALIB_SIZE, calibration_images, quantize_int8
+from sightwise.export.quantize import (
+    DEFAULT_CALIB_SIZE,
+    QUANTIZATION_METHOD,
+    calibration_images,
+    quantize_int8,
+)
 from sightwise.models.io import load_classifier
 from sightwise.train.augment import to_input
 
@@ -130,7 +135,7 @@ def _make_int8(bundle: Bundle, stage: Path, images: np.ndarray, *, calib, n: int
         f"{time.perf_counter() - t0:.1f}s ({ratio:.1f}x smaller)")
     logits = _onnx_logits(stage / INT8, images, bundle.preprocessing, threads)
     return logits, ratio, {"source": source, "n": int(len(calib_images)), "seed": seed,
-                           "method": "MinMax", "format": "QDQ", "per_channel": True}
+                           **QUANTIZATION_METHOD}
 
 
 def _move_into(stage: Path, bundle_dir: Path, drop: list[str]) -> None:

