@@ -147,3 +147,31 @@ def test_bias_correction_removes_the_mean_shift_of_int8_convolutions(exported, t
     b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(corrected)).graph.initializer}
     changed = {k for k in a if not np.array_equal(a[k], b[k])}
     assert changed and all(b[k].dtype == np.int32 for k in changed)  # int32 = quantised biases
+
+
+def test_most_sensitive_small_convolutions_stay_float_within_the_weight_share(exported, tmp_path):
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from sightwise.export.quantize import quantize_int8, sensitive_convs
+
+    bundle = load_bundle(exported[0])
+    pre = bundle.preprocessing
+    calib, _ = calibration_images(bundle, None, n=20, seed=0, log=lambda _m: None)
+    fp32 = tmp_path / "prepared.onnx"
+    quant_pre_process(str(bundle.file("model.onnx")), str(fp32))
+    model = onnx.load(str(fp32))
+    inits = {t.name: t for t in model.graph.initializer}
+    conv_weights = {n.name: int(np.prod(inits[n.input[1]].dims))
+                    for n in model.graph.node if n.op_type == "Conv"}
+
+    chosen = sensitive_convs(model, calib, pre, share=0.001)
+    assert chosen and sum(conv_weights[c] for c in chosen) <= 0.001 * sum(conv_weights.values())
+    assert sensitive_convs(model, calib, pre, share=0.0) == []
+
+    kept = quantize_int8(fp32, tmp_path / "int8.onnx", calib, pre, bias_correction=False)
+    assert kept == chosen
+    q = onnx.load(str(tmp_path / "int8.onnx"))
+    producer = {o: n.op_type for n in q.graph.node for o in n.output}
+    float_convs = {n.name for n in q.graph.node if n.op_type == "Conv"
+                   and producer.get(n.input[1]) != "DequantizeLinear"}
+    assert float_convs == set(chosen)  # the rest read int8 weights through DequantizeLinear

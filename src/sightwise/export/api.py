@@ -129,13 +129,13 @@ def _make_int8(bundle: Bundle, stage: Path, images: np.ndarray, *, calib, n: int
     """Quantise the staged fp32 graph; int8 logits on the parity images, size ratio, info."""
     t0 = time.perf_counter()
     calib_images, source = calibration_images(bundle, calib, n=n, seed=seed, log=log)
-    quantize_int8(stage / FP32, stage / INT8, calib_images, bundle.preprocessing)
+    kept_float = quantize_int8(stage / FP32, stage / INT8, calib_images, bundle.preprocessing)
     ratio = (stage / FP32).stat().st_size / (stage / INT8).stat().st_size
     log(f"quantised {INT8} on {len(calib_images)} images from {source} in "
         f"{time.perf_counter() - t0:.1f}s ({ratio:.1f}x smaller)")
     logits = _onnx_logits(stage / INT8, images, bundle.preprocessing, threads)
     return logits, ratio, {"source": source, "n": int(len(calib_images)), "seed": seed,
-                           **QUANTIZATION_METHOD}
+                           **QUANTIZATION_METHOD, "kept_float": kept_float}
 
 
 def _move_into(stage: Path, bundle_dir: Path, drop: list[str]) -> None:
