@@ -203,17 +203,22 @@ def benchmark(
     learning_curve: Annotated[bool, typer.Option(help="Also accuracy vs labels per class "
                                                  "(5, 10, 25, 50, all).")] = False,
     seed: Annotated[int, typer.Option(help="Seed for folds and subsets.")] = 0,
+    cnn_budget: Annotated[str | None, typer.Option(help="Wall-clock budget of each CNN per "
+                          "fold, e.g. 4m (default: what the ~25-minute plan leaves).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (1 is faster on a "
                                                 "machine busy with other work).")] = None,
     progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
 ) -> None:
     """Deep learning vs traditional methods (k-NN, HOG+SVM) on the same splits."""
     from sightwise.baselines.benchmark import run_benchmark
+    from sightwise.config import parse_duration
 
     result = run_benchmark(data, out, folds=folds, quick=quick, learning_curve=learning_curve,
-                           seed=seed, threads=threads, progress=progress, log=_log)
+                           seed=seed, cnn_budget_s=parse_duration(cnn_budget), threads=threads,
+                           progress=progress, log=_log)
     _track("benchmark", Path(out), result, {"data": data, "folds": folds, "quick": quick,
-                                            "learning_curve": learning_curve, "seed": seed}, None)
+                                            "learning_curve": learning_curve, "seed": seed,
+                                            "cnn_budget": cnn_budget}, None)
     typer.echo((Path(out) / "benchmark.md").read_text())
 
 
