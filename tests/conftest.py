@@ -110,6 +110,7 @@ def load_test_module(name: str, path: Path):
 
 export_fixtures = load_test_module("sw_export_fixtures",
                                    Path(__file__).parent / "export" / "_fixtures.py")
+load_test_module("sw_anomaly_data", Path(__file__).parent / "anomaly" / "_data.py")
 
 
 @pytest.fixture(scope="session")

@@ -129,4 +129,5 @@ def test_inspect_route(detector_dir, inspection_data):
     assert r.status_code == 200 and r.json()["verdict"] == "defect"
     r = client.post("/v1/inspect?format=png", content=defect)
     assert r.headers["content-type"] == "image/png" and r.headers["x-verdict"] == "defect"
+    assert float(r.headers["x-threshold"]) == pytest.approx(Detector(detector_dir).threshold, rel=1e-5)
     assert client.post("/v1/inspect", content=b"junk").status_code == 400

@@ -5,6 +5,7 @@ image, the overlay and the model version. A screenshot is kept under test-artifa
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -87,4 +88,37 @@ def test_a_bad_upload_is_announced(browser, live_server, served_bundle, tmp_path
     page.get_by_label("Choose an image").set_input_files(str(bad))
     alert = page.get_by_role("alert")
     sync_api.expect(alert).to_contain_text("not an image", timeout=15_000)
+    page.close()
+
+
+def test_a_served_detector_shows_verdict_and_heat_map(browser, live_server, served_bundle,
+                                                      tmp_path):
+    """With --detector the page adds the inspection: the verdict /v1/inspect gives for the
+    same image, and its overlay at the image's own size."""
+    from sw_anomaly_data import fit_small_detector, write_inspection_data
+
+    data = write_inspection_data(tmp_path / "data", n_good=16, n_test_good=1, n_defect=1)
+    detector = fit_small_detector(data, tmp_path / "detector")
+    server = live_server(bundle=str(served_bundle), detector=str(detector))
+    defect = next((data["defect"] / "blob").iterdir())
+    expected = httpx.post(server.url + "/v1/inspect", content=defect.read_bytes(), timeout=30).json()
+
+    page = browser.new_page(viewport={"width": 900, "height": 1400})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server.url + "/")
+    page.get_by_label("Choose an image").set_input_files(str(defect))
+    status = page.locator("#inspect-status")
+    sync_api.expect(status).to_contain_text(f"Verdict: {expected['verdict']}", timeout=20_000)
+    assert status.get_attribute("data-verdict") == expected["verdict"]
+    shown = re.search(r"anomaly score ([-+.\deE]+), threshold ([-+.\deE]+)", status.inner_text())
+    assert float(shown[1]) == pytest.approx(expected["score"], rel=1e-3)
+    assert float(shown[2]) == pytest.approx(expected["threshold"], rel=1e-3)
+    page.wait_for_function("document.getElementById('inspect-overlay').naturalWidth > 0")
+    size = page.evaluate("[document.getElementById('inspect-overlay').naturalWidth,"
+                         " document.getElementById('inspect-overlay').naturalHeight]")
+    assert size == [expected["width"], expected["height"]]
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page-detector.png"), full_page=True)
+    assert not errors, errors
     page.close()

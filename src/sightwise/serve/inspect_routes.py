@@ -2,7 +2,8 @@
 
 The request body is the image file itself (any Content-Type); the answer is JSON with the
 score, the threshold and the verdict, or with `?format=png` the heat-map overlay at the
-image's own size. Mounted by `add_inspect_routes(app, detector_dir)`.
+image's own size (score, verdict and threshold in the X-Anomaly-Score, X-Verdict and
+X-Threshold headers). Mounted by `add_inspect_routes(app, detector_dir)`.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def add_inspect_routes(app: FastAPI, detector_dir: str | Path, *,
         r = detector.inspect([image])[0]
         if fmt == "png":
             return Response(png_bytes(detector.overlay(image, r.patch_map)), media_type="image/png",
-                            headers={"X-Anomaly-Score": f"{r.score:.6g}", "X-Verdict": r.verdict})
+                            headers={"X-Anomaly-Score": f"{r.score:.6g}", "X-Verdict": r.verdict,
+                                     "X-Threshold": f"{detector.threshold:.6g}"})
         return JSONResponse({"detector": name, "score": r.score, "threshold": detector.threshold,
                              "verdict": r.verdict, "width": image.width, "height": image.height})
 

@@ -102,29 +102,65 @@
     }
     showPredictions(await response.json());
     await showOverlay(file);
+    await showInspection(file);
     await showSimilar(file);
+  }
+
+  // The server's optional routes, read once from its OpenAPI schema rather than probed: a
+  // 404 would be logged as a console error on every server started without them.
+  let routes = null;
+
+  async function hasRoute(path) {
+    if (routes === null) {
+      try {
+        const r = await fetch("/openapi.json");
+        routes = r.ok ? ((await r.json()).paths || {}) : {};
+      } catch (_) {
+        routes = {};
+      }
+    }
+    return path in routes;
+  }
+
+  // Defect inspection (POST /v1/inspect, only when the server was started with --detector):
+  // the overlay PNG, with the score, threshold and verdict in its response headers.
+  let inspectUrl = null;
+
+  async function showInspection(file) {
+    if (!await hasRoute("/v1/inspect")) return;
+    $("inspect-section").hidden = false;
+    const status = $("inspect-status");
+    status.textContent = "Inspecting…";
+    delete status.dataset.verdict;
+    let response;
+    try {
+      response = await fetch("/v1/inspect?format=png", { method: "POST", body: file, headers: authHeaders() });
+    } catch (_) {
+      status.textContent = "Inspection unavailable: the server could not be reached.";
+      return;
+    }
+    if (!response.ok) {
+      status.textContent = "Inspection unavailable: " + await errorMessage(response);
+      return;
+    }
+    const verdict = response.headers.get("X-Verdict");
+    const score = Number(response.headers.get("X-Anomaly-Score"));
+    const threshold = Number(response.headers.get("X-Threshold"));
+    status.textContent = "Verdict: " + verdict + " (anomaly score " + score.toPrecision(4) +
+      ", threshold " + threshold.toPrecision(4) + ")";
+    status.dataset.verdict = verdict;
+    if (inspectUrl) URL.revokeObjectURL(inspectUrl);
+    inspectUrl = URL.createObjectURL(await response.blob());
+    const img = $("inspect-overlay");
+    img.src = inspectUrl;
+    img.alt = "Anomaly heat map over the image; verdict " + verdict + ".";
+    $("inspect-figure").hidden = false;
   }
 
   // Visual search (POST /v1/search, only when the server was started with --index): text
   // tiles, because the server keeps no uploads and serves no indexed pixels.
-  let searchEnabled = null;
-
-  async function hasSearch() {
-    // Ask the OpenAPI schema once rather than probing /v1/search: a 404 would be logged as
-    // a console error on every server started without an index.
-    if (searchEnabled === null) {
-      try {
-        const r = await fetch("/openapi.json");
-        searchEnabled = r.ok && "/v1/search" in ((await r.json()).paths || {});
-      } catch (_) {
-        searchEnabled = false;
-      }
-    }
-    return searchEnabled;
-  }
-
   async function showSimilar(file) {
-    if (!await hasSearch()) return;
+    if (!await hasRoute("/v1/search")) return;
     const form = new FormData();
     form.append("file", file);
     let response;
