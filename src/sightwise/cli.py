@@ -90,6 +90,8 @@ def train(
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before "
                                           "stopping early.")] = 8,
     unfreeze: Annotated[str, typer.Option(help="all | last-N backbone stages.")] = "all",
+    ema_decay: Annotated[float, typer.Option(help="Keep an exponential moving average of the "
+                         "weights with this decay (e.g. 0.998) and validate it; 0 = off.")] = 0.0,
     augment: Annotated[str, typer.Option(help="default | strong | none")] = "default",
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
@@ -110,6 +112,7 @@ def train(
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
+                      ema_decay=ema_decay,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress)
     metrics = run_training(cfg, log=_log)

@@ -26,6 +26,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     unfreeze: str = "all"  # "all" or "last-N" (the last N backbone stages train)
     patience: int = 8  # small validation sets are noisy: 4 stopped BreastMNIST mid-schedule
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     balance: str = "auto"  # auto (weighted loss above 3:1), weighted, none
     augment: str = "default"  # default (crop, h-flip, colour), strong (+ v-flip, rot90), none
     drop_leakage: bool = False
@@ -42,6 +43,8 @@ class TrainConfig:
             raise ValueError("augment must be default, strong or none")
         if not (self.unfreeze == "all" or re.fullmatch(r"last-\d+", self.unfreeze)):
             raise ValueError("unfreeze must be 'all' or 'last-N'")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must be in [0, 1)")
         if self.labels not in ("top", "leaf"):
             raise ValueError("labels must be top or leaf")
 

@@ -25,12 +25,16 @@ def _toy(n_per_class=24, size=32, seed=0):
 def test_scratch_learns_a_simple_rule_and_keeps_best_epoch(tmp_path):
     x, y = _toy()
     xv, yv = _toy(8, seed=1)
-    cfg = TrainConfig(data="-", out=str(tmp_path), epochs=4, batch_size=16, augment="none",
+    # Seeded here: the initial weights must not depend on what other tests drew before. At
+    # batch 16 for 4 epochs (12 steps) 3 of 5 seeds still predicted one class; batch 8 for 6
+    # epochs learned the rule for all 5.
+    torch.manual_seed(0)
+    cfg = TrainConfig(data="-", out=str(tmp_path), epochs=6, batch_size=8, augment="none",
                       progress=False, patience=10)
     model = build_classifier("small_resnet", 2, pretrained=False)
     pre = Preprocessing(size=32, interpolation="bilinear")
     res = fit(model, (x, y), (xv, yv), pre, cfg, Budget(None), lr=3e-3, head_lr=3e-3)
-    assert res.epochs_run == 4
+    assert res.epochs_run == 6
     assert res.best_val_accuracy >= 0.9
     best = max(res.history, key=lambda h: h["val_accuracy"])
     assert res.best_val_accuracy == best["val_accuracy"]
@@ -59,3 +63,34 @@ def test_class_weights_inverse_frequency_above_3_to_1():
     assert class_weights(np.array([0] * 30 + [1] * 20), 2, "weighted") is not None
     assert class_weights(y, 2, "none") is None
     assert torch.is_tensor(class_weights(y, 2, "weighted"))
+
+
+def test_ema_weights_are_validated_and_kept(tmp_path, monkeypatch):
+    """With ema_decay the run keeps timm's moving average (updated once per optimiser step),
+    not the raw last weights."""
+    import copy
+
+    import sightwise.train.finetune as ft
+
+    seen = {}
+
+    class Recorder(ft.ModelEmaV3):
+        def update(self, model, step=None):
+            super().update(model, step=step)
+            seen.setdefault("steps", []).append(step)
+            seen["raw"] = copy.deepcopy(model.state_dict())
+            seen["ema"] = self
+
+    monkeypatch.setattr(ft, "ModelEmaV3", Recorder)
+    x, y = _toy()
+    cfg = TrainConfig(data="-", out=str(tmp_path), epochs=1, batch_size=16, augment="none",
+                      progress=False, ema_decay=0.9)
+    model = build_classifier("small_resnet", 2, pretrained=False)
+    fit(model, (x, y), _toy(8, seed=1), Preprocessing(size=32), cfg, Budget(None),
+        lr=3e-3, head_lr=3e-3)
+    assert seen["steps"] == [0, 1, 2]  # 48 images, batch 16
+    final, ema, raw = model.state_dict(), seen["ema"].module.state_dict(), seen["raw"]
+    assert all(torch.equal(final[k], ema[k]) for k in final)
+    assert any(not torch.equal(final[k], raw[k]) for k in final if final[k].is_floating_point())
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(data="-", out="-", ema_decay=1.0)

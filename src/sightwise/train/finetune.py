@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -114,6 +115,10 @@ def fit(
     total_steps = steps_per_epoch * cfg.epochs
     warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
 
+    # With cfg.ema_decay, validation and the kept checkpoint use an exponential moving average
+    # of the weights (timm's ModelEmaV3, decay warmed up so short runs still move it).
+    ema = ModelEmaV3(model, decay=cfg.ema_decay, use_warmup=True) if cfg.ema_decay > 0 else None
+    judged = model if ema is None else ema.module
     best = FitResult(best_val_accuracy=-1.0, best_epoch=-1, epochs_run=0)
     best_state = copy.deepcopy(model.state_dict())
     best_val_loss = float("inf")
@@ -147,6 +152,8 @@ def fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update(model, step=step)
             losses.append(loss.item())
             step += 1
             seen += len(idx)
@@ -156,7 +163,7 @@ def fit(
             if budget.left() <= 0:  # even mid-way through the first epoch
                 break
         t_train += time.perf_counter() - t0
-        val_logits = evaluate_logits(model, x_val, pre)
+        val_logits = evaluate_logits(judged, x_val, pre)
         val_pred = val_logits.argmax(1)
         val_acc = float((val_pred == y_val).mean()) if len(y_val) else 0.0
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
@@ -170,7 +177,7 @@ def fit(
             val_acc == best.best_val_accuracy and val_loss < best_val_loss)
         if improved:
             best.best_val_accuracy, best.best_epoch, best_val_loss = val_acc, epoch + 1, val_loss
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(judged.state_dict())
             stale = 0
         else:
             stale += 1
