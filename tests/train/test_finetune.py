@@ -94,3 +94,29 @@ def test_ema_weights_are_validated_and_kept(tmp_path, monkeypatch):
     assert any(not torch.equal(final[k], raw[k]) for k in final if final[k].is_floating_point())
     with pytest.raises(ValueError, match="ema_decay"):
         TrainConfig(data="-", out="-", ema_decay=1.0)
+
+
+def test_fused_optimiser_matches_pytorch_default_adamw():
+    """make_optimizer's fused AdamW takes the same steps as torch.optim.AdamW's default
+    (for-each/loop) implementation, head in its own learning-rate group."""
+    from sightwise.train.finetune import make_optimizer
+
+    torch.manual_seed(0)
+    ours = build_classifier("small_resnet", 3, pretrained=False)
+    ref = build_classifier("small_resnet", 3, pretrained=False)
+    ref.load_state_dict(ours.state_dict())
+    ours.eval(), ref.eval()  # no dropout draws: both see the same gradients
+    opt = make_optimizer(ours, lr=1e-3, head_lr=1e-2, weight_decay=0.05)
+    head = {id(p) for p in ref.head.parameters()}
+    ref_opt = torch.optim.AdamW(
+        [{"params": [p for p in ref.parameters() if id(p) not in head], "lr": 1e-3},
+         {"params": list(ref.head.parameters()), "lr": 1e-2}], weight_decay=0.05, fused=False)
+    assert opt.defaults["fused"] and not ref_opt.defaults["fused"]
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
+    for _ in range(3):
+        for model, o in ((ours, opt), (ref, ref_opt)):
+            o.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            o.step()
+    for (name, a), b in zip(ours.state_dict().items(), ref.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

@@ -64,6 +64,22 @@ def class_weights(y: np.ndarray, num_classes: int, balance: str) -> torch.Tensor
     return torch.tensor(w, dtype=torch.float32)
 
 
+def make_optimizer(model: nn.Module, *, lr: float, head_lr: float,
+                   weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable weights, the head in its own group (its own learning rate).
+
+    fused=True: one kernel updates every tensor instead of PyTorch's default op-by-op loop
+    over Lite0's ~200 weight tensors: 3.6 ms instead of 10 ms per step on this 2-core CPU
+    (same update, to float rounding). Small next to a ~2 s step at batch 32 / 224 px, but free."""
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    head_ids = {id(p) for p in head_params}
+    body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    return torch.optim.AdamW(
+        [{"params": body_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
+        weight_decay=weight_decay, fused=True,
+    )
+
+
 def evaluate_logits(model: nn.Module, images: np.ndarray, pre: Preprocessing,
                     batch_size: int = 64) -> np.ndarray:
     model.eval()
@@ -98,13 +114,7 @@ def fit(
 
     model.to(device).to(memory_format=torch.channels_last)
     set_trainable(model, cfg.unfreeze)
-    head_params = list(model.head.parameters())
-    head_ids = {id(p) for p in head_params}
-    body_params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-    opt = torch.optim.AdamW(
-        [{"params": body_params, "lr": lr}, {"params": head_params, "lr": head_lr}],
-        weight_decay=cfg.weight_decay,
-    )
+    opt = make_optimizer(model, lr=lr, head_lr=head_lr, weight_decay=cfg.weight_decay)
     base_lrs = [lr, head_lr]
     weights = class_weights(y_train, num_classes, cfg.balance)
     loss_fn = nn.CrossEntropyLoss(
