@@ -22,6 +22,13 @@
     }
   }
 
+  // POST one upload as multipart form data (the field the API names "file").
+  function postFile(url, file) {
+    const form = new FormData();
+    form.append("file", file);
+    return fetch(url, { method: "POST", body: form, headers: authHeaders() });
+  }
+
   function showError(message) {
     const el = $("error");
     el.textContent = message;
@@ -60,9 +67,7 @@
   }
 
   async function showOverlay(file) {
-    const form = new FormData();
-    form.append("file", file);
-    const response = await fetch("/v1/explain", { method: "POST", body: form, headers: authHeaders() });
+    const response = await postFile("/v1/explain", file);
     if (!response.ok) {
       showError("Heat map unavailable: " + await errorMessage(response));
       return;
@@ -85,11 +90,9 @@
     delete $("status").dataset.label;
     $("predictions").replaceChildren();
     $("answered-by").textContent = "";
-    const form = new FormData();
-    form.append("file", file);
     let response;
     try {
-      response = await fetch("/v1/predict?top_k=5", { method: "POST", body: form, headers: authHeaders() });
+      response = await postFile("/v1/predict?top_k=5", file);
     } catch (err) {
       $("status").textContent = "No answer.";
       showError("The server could not be reached.");
@@ -161,11 +164,9 @@
   // tiles, because the server keeps no uploads and serves no indexed pixels.
   async function showSimilar(file) {
     if (!await hasRoute("/v1/search")) return;
-    const form = new FormData();
-    form.append("file", file);
     let response;
     try {
-      response = await fetch("/v1/search?k=8", { method: "POST", body: form, headers: authHeaders() });
+      response = await postFile("/v1/search?k=8", file);
     } catch (_) {
       return;
     }
