@@ -129,8 +129,8 @@ def test_bias_correction_removes_the_mean_shift_of_int8_convolutions(exported, t
     fp32 = tmp_path / "prepared.onnx"
     quant_pre_process(str(bundle.file("model.onnx")), str(fp32))
     plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
-    quantize_int8(fp32, plain, calib, pre, bias_correction=False)
-    quantize_int8(fp32, corrected, calib, pre, bias_correction=True)
+    quantize_int8(fp32, plain, calib, pre, bias_correction=False, gptq=False)
+    quantize_int8(fp32, corrected, calib, pre, bias_correction=True, gptq=False)
 
     float_model = onnx.load(str(fp32))
     last = [n for n in float_model.graph.node if n.op_type == "Conv"][-1]
