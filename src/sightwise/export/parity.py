@@ -114,16 +114,20 @@ def gate_checks(report: dict, gate: Gate = GATE) -> list[dict]:
 
 def _min_check(name: str, value: float, limit: float, n: int) -> dict:
     wrong = round((1.0 - value) * n)
-    return {"name": name, "value": value, "limit": limit, "passed": value >= limit,
-            "message": (f"{name} is {value:.2%}, below the required {limit:.2%} (short by "
-                        f"{(limit - value) * 100:.2f} points; {wrong} of {n} images "
-                        "disagree)")}
+    passed = value >= limit
+    detail = (f"at least {limit:.2%} required" if passed else
+              f"below the required {limit:.2%} (short by {(limit - value) * 100:.2f} points")
+    return {"name": name, "value": value, "limit": limit, "passed": passed,
+            "message": (f"{name} is {value:.2%}, {detail}; {wrong} of {n} images disagree"
+                        + ("" if passed else ")"))}
 
 
 def _max_check(name: str, value: float, limit: float) -> dict:
-    return {"name": name, "value": value, "limit": limit, "passed": value <= limit,
-            "message": f"{name} is {value:.2e}, above the limit {limit:.0e} "
-                       f"({value / limit:.1f}x the limit)"}
+    passed = value <= limit
+    return {"name": name, "value": value, "limit": limit, "passed": passed,
+            "message": (f"{name} is {value:.2e}, within the limit {limit:.0e}" if passed else
+                        f"{name} is {value:.2e}, above the limit {limit:.0e} "
+                        f"({value / limit:.1f}x the limit)")}
 
 
 def failure_message(checks: list[dict]) -> str:
