@@ -66,3 +66,20 @@ def test_f1_threshold():
     y = np.array([0, 0, 0, 1, 1, 1], bool)
     t, f1 = f1_threshold(s, y)
     assert 0.2 <= t < 0.25 and f1 == pytest.approx(2 * 3 / (3 + 4))  # 3 TP, 1 FP
+
+
+def test_image_score_leaves_out_the_border_but_the_map_keeps_it():
+    rng = np.random.default_rng(3)
+    bank = rng.standard_normal((50, 4)).astype(np.float32)
+    feats = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    feats[0, :, 0, 3] = 40.0  # far from every bank entry, on the top row
+    plain, maps = PatchCore(1.0).set_bank(bank).score(feats)
+    inner, maps2 = PatchCore(1.0, border=2).set_bank(bank).score(feats)
+    np.testing.assert_array_equal(maps, maps2)  # heat maps keep the border
+    assert plain[0] == maps[0].max()
+    np.testing.assert_allclose(inner, maps[:, 2:6, 2:6].reshape(2, -1).max(axis=1))
+    assert inner[0] < plain[0]
+    whole, _ = PatchCore(1.0, border=4).set_bank(bank).score(feats)  # would leave nothing
+    np.testing.assert_array_equal(whole, plain)
+    with pytest.raises(ValueError, match="border"):
+        PatchCore(1.0, border=-1)

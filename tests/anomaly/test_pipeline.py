@@ -42,6 +42,28 @@ def test_onnx_extractor_matches_torch(detector_dir, inspection_data):
     np.testing.assert_allclose(onnx_f, ref, atol=1e-4, rtol=0)
 
 
+def test_reflect_padding_keeps_border_patches_like_the_interior():
+    """On a featureless image every patch is the same part: the backbone's zero padding makes
+    the border patches differ from the centre; reflecting the image first removes most of it."""
+    import torch
+
+    from sightwise.anomaly.extractor import build_extractor, torch_features
+
+    torch.set_num_threads(1)
+    x = np.full((1, 3, 96, 96), 0.3, np.float32)
+
+    def border_deviation(pad):
+        f = torch_features(build_extractor(pad=pad), x)[0]
+        centre = f[:, 6, 6]
+        dist = np.linalg.norm(f - centre[:, None, None], axis=0)
+        return float(np.r_[dist[0], dist[-1], dist[:, 0], dist[:, -1]].mean())
+
+    assert torch_features(build_extractor(pad=32), x).shape == (1, 152, 12, 12)  # image grid kept
+    assert border_deviation(32) < 0.5 * border_deviation(0)
+    with pytest.raises(ValueError, match="multiple of 8"):
+        build_extractor(pad=12)
+
+
 def test_heatmap_is_hotter_on_the_planted_defect(detector_dir, inspection_data, planted_mask):
     det = Detector(detector_dir, threads=1)
     defect = sorted((inspection_data["defect"] / "blob").iterdir())[0]

@@ -29,6 +29,10 @@ def fit(
     threshold_mode: A[str, Opt("--threshold-mode", help="far | f1")] = "far",
     holdout: A[float, Opt("--holdout", help="Good fraction held out for the threshold.")] = 0.2,
     seed: A[int, Opt("--seed")] = 0,
+    reflect_pad: A[int, Opt("--reflect-pad", help="Pixels of reflection around each image "
+                            "(multiple of 8; 0: the backbone's zero padding).")] = 32,
+    border: A[int, Opt("--border", help="Patches at the edge left out of the image score "
+                       "(heat maps keep them).")] = 2,
     max_images: A[int | None, Opt("--max-images", help="Seeded subset of the good images.")] = None,
     threads: A[int | None, Opt("--threads")] = None,
 ):
@@ -37,7 +41,8 @@ def fit(
 
     cfg = FitConfig(backbone=backbone, img_size=img_size, coreset=coreset,
                     false_alarm_rate=false_alarm_rate, holdout=holdout, seed=seed,
-                    threshold_mode=threshold_mode, threads=threads, max_images=max_images)
+                    threshold_mode=threshold_mode, threads=threads, max_images=max_images,
+                    pad=reflect_pad, border=border)
     meta = fit_detector(good_images, out, cfg, defects=defects)
     typer.echo(json.dumps({"out": str(out), "threshold": meta["threshold"],
                            "thresholds": meta["thresholds"], "metrics": meta["metrics"]}, indent=2))

@@ -54,7 +54,9 @@ class Detector:
         self.bundle = b
         self.pre = b.preprocessing
         self.session = make_session(b.file("extractor.onnx"), threads)
-        self.core = PatchCore(1.0, threads=threads).set_bank(load_memory(b.file("memory.npy")))
+        border = int(b.meta.get("anomaly", {}).get("border", 0))
+        self.core = PatchCore(1.0, threads=threads, border=border).set_bank(
+            load_memory(b.file("memory.npy")))
         self.threshold = float(b.meta["threshold"])
 
     def features(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:

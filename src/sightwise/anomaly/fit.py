@@ -17,6 +17,7 @@ import torch
 
 from sightwise.anomaly.detector import SIGMA, Detector
 from sightwise.anomaly.extractor import (
+    DEFAULT_PAD,
     DEFAULT_STAGES,
     build_extractor,
     export_extractor,
@@ -44,6 +45,8 @@ class FitConfig:
     threshold_mode: str = "far"  # "far" | "f1" (f1 needs defect images)
     seed: int = 0
     stages: tuple[int, ...] = DEFAULT_STAGES
+    pad: int = DEFAULT_PAD  # reflection around the image before the backbone (pixels)
+    border: int = 2  # patches at the map's edge left out of the image score
     threads: int | None = None
     max_images: int | None = None  # a seeded subset of the good images (None: all)
 
@@ -87,13 +90,13 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
     pre = replace(get_spec(cfg.backbone).preprocessing, size=cfg.img_size)
     fit_files, held = split_good(list_images(good), cfg)
 
-    model = build_extractor(cfg.backbone, cfg.stages)
+    model = build_extractor(cfg.backbone, cfg.stages, pad=cfg.pad)
     export_extractor(model, cfg.img_size, out / "extractor.onnx")
     parity = _check_parity(model, out / "extractor.onnx", load_batch(fit_files[:2], pre)[0], cfg)
 
     x_fit, fit_files = load_batch(fit_files, pre)
     feats = _onnx_features(out / "extractor.onnx", x_fit, cfg.threads)
-    core = PatchCore(cfg.coreset, seed=cfg.seed, threads=cfg.threads).fit(feats)
+    core = PatchCore(cfg.coreset, seed=cfg.seed, threads=cfg.threads, border=cfg.border).fit(feats)
     buf = io.BytesIO()
     np.save(buf, core.memory_bank, allow_pickle=False)
     atomic_write_bytes(out / "memory.npy", buf.getvalue())
@@ -123,10 +126,12 @@ def _meta(cfg, pre, shape, chosen, thresholds, metrics) -> dict:
     return {
         "task": "anomaly", "classes": ["ok", "defect"], "backbone": cfg.backbone,
         "preprocessing": pre.to_dict(),
-        "anomaly": {"method": "patchcore", "stages": list(cfg.stages), "feature_dim": int(shape[1]),
+        "anomaly": {"method": "patchcore", "stages": list(cfg.stages), "reflect_pad": cfg.pad,
+                    "feature_dim": int(shape[1]),
                     "grid": [int(shape[2]), int(shape[3])], "coreset": cfg.coreset,
                     "projection_dim": 128, "seed": cfg.seed, "smoothing_sigma": SIGMA,
-                    "image_score": "max patch distance (no reweighting)"},
+                    "border": cfg.border,
+                    "image_score": f"max patch distance inside a {cfg.border}-patch border"},
         "threshold": chosen, "threshold_mode": cfg.threshold_mode, "thresholds": thresholds,
         "metrics": metrics, "config": {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in cfg.__dict__.items()},

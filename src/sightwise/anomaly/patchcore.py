@@ -5,6 +5,12 @@ features of good images form a memory bank, reduced by greedy k-center coreset s
 a test patch's anomaly score is its distance to the nearest bank entry, and an image's
 score is its highest patch score. The paper's image-score reweighting (its Eq. 7) is not
 applied: the plain maximum is what Anomalib and most follow-ups report.
+
+The maximum can leave out a border of `border` patches (the heat map keeps them). Good
+parts photographed with a visible rim or edge score highest there, and a maximum is
+decided by one patch: on magnetic tile, leaving out 2 patches (16 of 224 px a side) raised
+image AUROC from 0.86 to 0.94 (5 % coreset). Anomalib's default pipeline gets the same by
+a centre crop (256 -> 224), which also drops the border from the heat map.
 """
 
 from __future__ import annotations
@@ -82,9 +88,12 @@ class PatchCore:
     training step). `features` are (N, C, h, w) locally aware patch feature maps."""
 
     def __init__(self, coreset: float = 0.1, *, seed: int = 0, proj_dim: int = 128,
-                 threads: int | None = None):
+                 threads: int | None = None, border: int = 0):
         if not 0.0 < coreset <= 1.0:
             raise ValueError(f"coreset ratio must be in (0, 1], got {coreset}")
+        if border < 0:
+            raise ValueError(f"border must be >= 0 patches, got {border}")
+        self.border = int(border)
         self.coreset, self.seed, self.proj_dim = float(coreset), int(seed), int(proj_dim)
         self.threads = threads
         self.memory_bank: np.ndarray | None = None
@@ -107,7 +116,8 @@ class PatchCore:
 
     def score(self, features: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """-> (image_scores (N,), patch score maps (N, h, w)): Euclidean distance of each
-        patch to its nearest memory-bank entry; image score = the map's maximum."""
+        patch to its nearest memory-bank entry; image score = the map's maximum inside
+        `border` (the whole map when the border would leave nothing)."""
         if self._index is None:
             raise RuntimeError("PatchCore.score called before fit")
         n, _, h, w = features.shape
@@ -117,7 +127,9 @@ class PatchCore:
             dist, _ = self._index.search(flatten_patches(chunk), 1)
             # IndexFlatL2 returns squared distances; clip tiny negatives from rounding.
             maps[s:s + len(chunk)] = np.sqrt(np.maximum(dist[:, 0], 0.0)).reshape(-1, h, w)
-        return maps.reshape(n, -1).max(axis=1) if n else np.zeros(0, np.float32), maps
+        b = self.border if min(h, w) > 2 * self.border else 0
+        inner = maps[:, b:h - b, b:w - b]
+        return inner.reshape(n, -1).max(axis=1) if n else np.zeros(0, np.float32), maps
 
 
 def far_threshold(good_scores: np.ndarray, rate: float) -> float:
