@@ -38,7 +38,7 @@ def test_onnx_extractor_matches_torch(detector_dir, inspection_data):
     x, _ = load_batch(files, det.pre)
     onnx_f = det.session.run(["features"], {"image": x})[0]
     ref = torch_features(build_extractor(), x)
-    assert onnx_f.shape == (3, 152, 8, 8)
+    assert onnx_f.shape == (3, 472, 8, 8)
     np.testing.assert_allclose(onnx_f, ref, atol=1e-4, rtol=0)
 
 
@@ -58,7 +58,7 @@ def test_reflect_padding_keeps_border_patches_like_the_interior():
         dist = np.linalg.norm(f - centre[:, None, None], axis=0)
         return float(np.r_[dist[0], dist[-1], dist[:, 0], dist[:, -1]].mean())
 
-    assert torch_features(build_extractor(pad=32), x).shape == (1, 152, 12, 12)  # image grid kept
+    assert torch_features(build_extractor(pad=32), x).shape == (1, 472, 12, 12)  # image grid kept
     assert border_deviation(32) < 0.5 * border_deviation(0)
     with pytest.raises(ValueError, match="multiple of 8"):
         build_extractor(pad=12)

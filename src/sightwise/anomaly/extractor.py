@@ -1,10 +1,15 @@
-"""The two-stage patch-feature extractor (PyTorch) and its ONNX export.
+"""The multi-stage patch-feature extractor (PyTorch) and its ONNX export.
 
 PatchCore (Roth et al., CVPR 2022, Sec. 3.1) takes mid-level features: deep enough to be
 semantic, shallow enough to keep locality and stay close to ImageNet-generic texture
-statistics. The deeper map is bilinearly upsampled to the shallower one's grid, the two are
+statistics. The deeper maps are bilinearly upsampled to the shallowest one's grid, all are
 concatenated, and a 3x3 average pool (stride 1) makes each patch aware of its neighbours.
 All of it lives in the exported graph, so the torch-free scorer only runs ONNX.
+
+Lite0's mid-level stages (2 and 4) alone miss defects that are a change of the whole
+surface rather than a local mark (magnetic tile's "Uneven": pixel AUROC 0.74); adding the
+last stage (6, 320 channels at /32) raised it to 0.90 and the pooled pixel AUROC from 0.78
+to 0.87 (10 % coreset), so the default takes stages 2, 4 and 6.
 
 The image is reflect-padded before the backbone and the feature map cropped back to the
 image's grid after it. Without that, patches at the border see the network's zero padding,
@@ -31,13 +36,13 @@ from sightwise.models.registry import create_backbone
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "features"
-# Lite0 (timm `blocks`): blocks.2 is 40 ch at /8, blocks.4 is 112 ch at /16.
-DEFAULT_STAGES = (2, 4)
-DEFAULT_PAD = 32  # pixels of reflection on each side (a multiple of the deepest stride, 16)
+# Lite0 (timm `blocks`): blocks.2 is 40 ch at /8, blocks.4 112 ch at /16, blocks.6 320 ch at /32.
+DEFAULT_STAGES = (2, 4, 6)
+DEFAULT_PAD = 32  # pixels of reflection on each side (a multiple of the deepest stride, 32)
 
 
 class PatchFeatures(nn.Module):
-    """image (N,3,S,S) -> locally averaged patch features (N, C2+C4, S/8, S/8)."""
+    """image (N,3,S,S) -> locally averaged patch features (N, C2+C4+C6, S/8, S/8)."""
 
     def __init__(self, backbone: nn.Module, stages: tuple[int, ...] = DEFAULT_STAGES,
                  pad: int = DEFAULT_PAD):

@@ -1,6 +1,6 @@
 """`sightwise inspect fit`: good images -> a detector bundle (imports torch).
 
-Steps: seeded hold-out of good images -> export the two-stage extractor to ONNX (checked
+Steps: seeded hold-out of good images -> export the multi-stage extractor to ONNX (checked
 against PyTorch) -> patch features of the fit images through that graph (the same graph
 the torch-free scorer runs) -> coreset memory bank -> threshold at the target false-alarm
 rate on the held-out good images (and, with defect images, the F1-optimal one).
