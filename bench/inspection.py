@@ -20,7 +20,7 @@ import torch
 
 from sightwise.anomaly.detector import smooth_map
 from sightwise.anomaly.extractor import build_extractor, export_extractor
-from sightwise.anomaly.fit import _onnx_features, load_batch
+from sightwise.anomaly.fit import FitConfig, _onnx_features, load_batch
 from sightwise.anomaly.metrics import image_auroc, pixel_auroc
 from sightwise.anomaly.patchcore import PatchCore
 from sightwise.data.preprocess import Preprocessing
@@ -70,7 +70,7 @@ def main() -> None:
     rows = {}
     for name, ratio in (("full", 1.0), ("coreset10", 0.1), ("coreset1", 0.01)):
         t0 = time.perf_counter()
-        core = PatchCore(ratio, seed=0, threads=1).fit(f_fit)
+        core = PatchCore(ratio, seed=0, threads=1, border=FitConfig.border).fit(f_fit)
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores, maps = core.score(f_test)

@@ -114,13 +114,13 @@ def test_changed_images_are_left_out_of_parity(trained_bundle, tmp_path):
     assert "changed since training" in logs[0]
 
 
-def test_bias_correction_removes_the_mean_shift_of_int8_convolutions(exported, tmp_path):
-    """Against the float graph on images the correction never saw: the int8 graph's mean
-    output per channel (last conv) moves towards the float one, and only biases change."""
+def _two_int8_graphs(exported, tmp_path, a: dict, b: dict):
+    """The exported bundle's prepared fp32 graph quantised twice (options `a`, `b`) on the same
+    40 calibration images; -> (preprocessing, test images, fp32, int8 a, int8 b)."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from sightwise.export.manifest import load_images
-    from sightwise.export.quantize import _channel_means, quantize_int8
+    from sightwise.export.quantize import quantize_int8
 
     bundle = load_bundle(exported[0])
     pre = bundle.preprocessing
@@ -128,9 +128,20 @@ def test_bias_correction_removes_the_mean_shift_of_int8_convolutions(exported, t
     held_out, _ = load_images(bundle_samples(bundle, "test"), pre, lambda _m: None, what="test")
     fp32 = tmp_path / "prepared.onnx"
     quant_pre_process(str(bundle.file("model.onnx")), str(fp32))
-    plain, corrected = tmp_path / "plain.onnx", tmp_path / "corrected.onnx"
-    quantize_int8(fp32, plain, calib, pre, bias_correction=False, gptq=False)
-    quantize_int8(fp32, corrected, calib, pre, bias_correction=True, gptq=False)
+    path_a, path_b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    quantize_int8(fp32, path_a, calib, pre, **a)
+    quantize_int8(fp32, path_b, calib, pre, **b)
+    return pre, held_out, fp32, path_a, path_b
+
+
+def test_bias_correction_removes_the_mean_shift_of_int8_convolutions(exported, tmp_path):
+    """Against the float graph on images the correction never saw: the int8 graph's mean
+    output per channel (last conv) moves towards the float one, and only biases change."""
+    from sightwise.export.quantize import _channel_means
+
+    pre, held_out, fp32, plain, corrected = _two_int8_graphs(
+        exported, tmp_path, dict(bias_correction=False, gptq=False),
+        dict(bias_correction=True, gptq=False))
 
     float_model = onnx.load(str(fp32))
     last = [n for n in float_model.graph.node if n.op_type == "Conv"][-1]
@@ -175,3 +186,26 @@ def test_most_sensitive_small_convolutions_stay_float_within_the_weight_share(ex
     float_convs = {n.name for n in q.graph.node if n.op_type == "Conv"
                    and producer.get(n.input[1]) != "DequantizeLinear"}
     assert float_convs == set(chosen)  # the rest read int8 weights through DequantizeLinear
+
+
+def test_gptq_int8_graph_tracks_the_float_graph_more_closely(exported, tmp_path):
+    """On test images neither step saw: GPTQ only changes int8 weight values (scales kept),
+    and the int8 graph's logits move less from the float graph's than with plain rounding."""
+    import onnxruntime as ort
+
+    pre, test, fp32, plain, rounded = _two_int8_graphs(
+        exported, tmp_path, dict(bias_correction=False, gptq=False),
+        dict(bias_correction=False, gptq=True))
+
+    def logits(path):
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return s.run(["logits"], {"image": normalize(test, pre)})[0]
+
+    ref = logits(fp32)
+    errors = {k: float(np.abs(logits(p) - ref).mean()) for k, p in (("plain", plain), ("gptq", rounded))}
+    assert errors["gptq"] < errors["plain"], errors
+
+    a = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(plain)).graph.initializer}
+    b = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(rounded)).graph.initializer}
+    changed = {k for k in a if not np.array_equal(a[k], b[k])}
+    assert changed and all(b[k].dtype == np.int8 for k in changed)
