@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from numpy.lib.stride_tricks import sliding_window_view
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from sightwise.data.preprocess import Preprocessing, normalize
-from sightwise.export.onnx_export import INPUT_NAME
+from sightwise.export.onnx_export import INPUT_NAME, probe_session
 
 DAMPING = 0.01  # of the mean diagonal of H, as in the GPTQ paper
 
@@ -88,17 +87,8 @@ def conv_hessians(float_model: onnx.ModelProto, convs: list[onnx.NodeProto],
                   kernels: list[tuple[int, int]], images: np.ndarray, pre: Preprocessing,
                   batch_size: int = 8) -> list[np.ndarray]:
     """Per-group input Hessians E[x x^T] of each conv over the calibration images."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(float_model)
-    del probe.graph.output[:]
-    inputs = sorted({c.input[0] for c in convs})
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in inputs if t != INPUT_NAME)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    names = [o.name for o in probe.graph.output]
+    names = sorted({c.input[0] for c in convs} - {INPUT_NAME})
+    session = probe_session(float_model, names)
     sums: list[np.ndarray | None] = [None] * len(convs)
     rows = [0] * len(convs)
     for start in range(0, len(images), batch_size):
@@ -131,6 +121,9 @@ def apply_gptq(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, images:
             continue
         if dq.input[0] not in inits or twin.input[1] not in float_inits:
             continue
+        zero = inits.get(dq.input[2]) if len(dq.input) > 2 else None
+        if zero is not None and np.any(numpy_helper.to_array(zero)):
+            continue  # asymmetric weights: not the grid gptq_round rounds to
         jobs.append((twin, dq))
     if not jobs:
         return 0

@@ -107,14 +107,23 @@ def _shape_derived(graph: onnx.GraphProto) -> set[str]:
     return derived
 
 
-def _evaluate(model: onnx.ModelProto, names: list[str], size: int, batch: int) -> dict:
+def probe_session(model: onnx.ModelProto, names: list[str], *,
+                  optimize: bool = True) -> ort.InferenceSession:
+    """A CPU session of a copy of `model` whose outputs are the named intermediate tensors
+    (their shapes undeclared, which onnxruntime accepts; its warning about it is silenced)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _evaluate(model: onnx.ModelProto, names: list[str], size: int, batch: int) -> dict:
+    sess = probe_session(model, names, optimize=False)
     x = np.zeros((batch, 3, size, size), np.float32)
     return dict(zip(names, sess.run(names, {INPUT_NAME: x}), strict=True))
 

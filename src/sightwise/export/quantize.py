@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
     CalibrationMethod,
@@ -52,7 +52,7 @@ from sightwise.export.manifest import (
     load_images,
     seeded_subset,
 )
-from sightwise.export.onnx_export import INPUT_NAME
+from sightwise.export.onnx_export import INPUT_NAME, probe_session
 
 # onnxruntime's percentile calibrator keeps every activation of every calibration image in
 # memory until it computes the histograms: 300 images at 224 px took 17 GB, 100 take 7 GB.
@@ -196,15 +196,7 @@ def sensitive_convs(float_model: onnx.ModelProto, images: np.ndarray, pre: Prepr
 def _channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarray,
                    pre: Preprocessing, batch_size: int = 20) -> list[np.ndarray]:
     """Mean over images and pixels of each (N, C, H, W) tensor, per channel."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    del probe.graph.output[:]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                              for t in tensors)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the probe's outputs have no declared shapes; that is fine
-    session = ort.InferenceSession(probe.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = probe_session(model, tensors)
     sums = [0.0] * len(tensors)
     for i in range(0, len(images), batch_size):
         outs = session.run(tensors, {INPUT_NAME: normalize(images[i:i + batch_size], pre)})
