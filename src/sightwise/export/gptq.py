@@ -61,8 +61,8 @@ def gptq_round(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, *, qmax: i
     h = np.array(hessian, np.float64)
     g, _, d = w.shape
     diag = np.einsum("gii->gi", h)
-    # "act order": the inputs with the largest activations first, while the most
-    # later columns remain to absorb their errors.
+    # "act order": round the inputs with the largest activations first, while the most
+    # columns are still left to absorb their errors.
     order = np.argsort(-diag, axis=1, kind="stable")
     w = np.take_along_axis(w, order[:, None, :], axis=2)
     h = np.take_along_axis(np.take_along_axis(h, order[:, :, None], axis=1), order[:, None, :], axis=2)

@@ -110,12 +110,11 @@ def calibration_images(
     return images, source
 
 
-def _op_types_without_head(model_path: Path) -> list[str]:
+def _op_types_without_head(model: onnx.ModelProto) -> list[str]:
     """Every op type of the graph except the linear head's (Gemm/MatMul): the head is a few
     kilobytes, and kept in float it cannot turn small activation errors into flipped
     classes; the convolutions, where the megabytes are, are quantised."""
-    graph = onnx.load(str(model_path), load_external_data=False).graph
-    return sorted({n.op_type for n in graph.node} - {"Gemm", "MatMul"})
+    return sorted({n.op_type for n in model.graph.node} - {"Gemm", "MatMul"})
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Preprocessing, *,
@@ -130,11 +129,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
         # Shape inference + graph optimisation first, as onnxruntime's quantisation guide
         # asks: fused Conv+BN and known shapes give better-placed Q/DQ pairs.
         quant_pre_process(str(fp32_path), str(prepared))
-        keep_float = sensitive_convs(onnx.load(str(prepared)), images[:SENSITIVITY_SIZE], pre,
+        float_model = onnx.load(str(prepared))  # read-only below: each step copies what it edits
+        keep_float = sensitive_convs(float_model, images[:SENSITIVITY_SIZE], pre,
                                      float_share) if float_share > 0 else []
         quantize_static(
             str(prepared), str(quantized), NormalisedBatches(images, pre),
-            op_types_to_quantize=_op_types_without_head(prepared),
+            op_types_to_quantize=_op_types_without_head(float_model),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             # Percentile (99.999 %) ignores the rare extreme activations that stretch a
@@ -145,9 +145,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
         )
         model = onnx.load(str(quantized))
         if gptq:
-            apply_gptq(onnx.load(str(prepared)), model, images[:GPTQ_SIZE], pre)
+            apply_gptq(float_model, model, images[:GPTQ_SIZE], pre)
         if bias_correction:
-            correct_biases(onnx.load(str(prepared)), model, images[:BIAS_CORRECTION_SIZE], pre)
+            correct_biases(float_model, model, images[:BIAS_CORRECTION_SIZE], pre)
         atomic_write_bytes(out_path, model.SerializeToString())
     return keep_float
 
