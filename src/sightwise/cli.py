@@ -93,6 +93,10 @@ def train(
     ema_decay: Annotated[float, typer.Option(help="Keep an exponential moving average of the "
                          "weights with this decay (e.g. 0.998) and validate it; 0 = off.")] = 0.0,
     augment: Annotated[str, typer.Option(help="default | strong | none")] = "default",
+    members: Annotated[int | None, typer.Option(help="Fine-tuned models to average (default: 3 up "
+                       "to 2000 training images, else 1); inference costs one pass each.")] = None,
+    tta: Annotated[bool, typer.Option(help="Average each prediction with the mirrored image's "
+                                      "(doubles inference cost; off with --augment none).")] = True,
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
     drop_leakage: Annotated[bool, typer.Option(help="Drop files duplicated across splits.")] = False,
@@ -112,7 +116,7 @@ def train(
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
-                      ema_decay=ema_decay,
+                      ema_decay=ema_decay, members=members, tta=tta,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress)
     metrics = run_training(cfg, log=_log)

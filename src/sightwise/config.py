@@ -27,6 +27,8 @@ class TrainConfig:
     unfreeze: str = "all"  # "all" or "last-N" (the last N backbone stages train)
     patience: int = 8  # small validation sets are noisy: 4 stopped BreastMNIST mid-schedule
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    members: int | None = None  # fine-tuned ensemble size; None: 3 up to 2000 training images, else 1
+    tta: bool = True  # also predict on the mirrored image and average (when augmentation flips)
     balance: str = "auto"  # auto (weighted loss above 3:1), weighted, none
     augment: str = "default"  # default (crop, h-flip, colour), strong (+ v-flip, rot90), none
     drop_leakage: bool = False
@@ -45,6 +47,8 @@ class TrainConfig:
             raise ValueError("unfreeze must be 'all' or 'last-N'")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must be in [0, 1)")
+        if self.members is not None and self.members < 1:
+            raise ValueError("members must be at least 1")
         if self.labels not in ("top", "leaf"):
             raise ValueError("labels must be top or leaf")
 

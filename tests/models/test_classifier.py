@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sightwise.bundle import load_bundle, write_bundle_meta
-from sightwise.models.classifier import Classifier, build_classifier
-from sightwise.models.io import load_classifier, save_weights
+from sightwise.models.classifier import Classifier, average_of, build_classifier
+from sightwise.models.io import ensemble_meta, load_classifier, save_weights
 
 
 def _trained_like(name: str, size: int, num_classes: int = 3) -> Classifier:
@@ -84,3 +84,49 @@ def test_weights_round_trip_through_a_bundle(tmp_path, name, size):
         # the loader returns channels_last; in the same memory format, bit-identical
         model.to(memory_format=torch.channels_last)
         assert torch.equal(got, model(x))
+
+
+def _members(n: int, num_classes: int = 3) -> list[Classifier]:
+    out = []
+    for k in range(n):
+        torch.manual_seed(10 + k)
+        m = _trained_like("small_resnet", 32, num_classes)
+        with torch.no_grad():  # heads that differ, as fine-tuned members' do
+            m.head.weight.normal_()
+            m.head.bias.normal_()
+        out.append(m)
+    return out
+
+
+@pytest.mark.parametrize("hflip", [False, True])
+def test_average_of_is_the_mean_of_the_views_logits_and_maps(hflip):
+    members = _members(3)
+    avg = average_of(members, hflip=hflip)
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        views = [x, x.flip(-1)] if hflip else [x]
+        ref = torch.stack([m(v) for m in members for v in views]).mean(0)
+        logits, emb, feats = avg.forward_all(x)
+        torch.testing.assert_close(logits, ref, rtol=1e-5, atol=1e-5)
+        assert emb.shape == (4, 256 * len(members) * len(views))
+        # the ensemble's class activation map is the mean of the members' maps, each mirrored
+        # view's map mirrored back onto the input
+        ref_maps = torch.stack([
+            torch.einsum("kc,nchw->nkhw", m.head.weight, m.forward_features(v)).flip(-1)
+            if v is not x else torch.einsum("kc,nchw->nkhw", m.head.weight, m.forward_features(x))
+            for m in members for v in views]).mean(0)
+        got_maps = torch.einsum("kc,nchw->nkhw", avg.head.weight, feats)
+        torch.testing.assert_close(got_maps, ref_maps, rtol=1e-5, atol=1e-5)
+
+
+def test_an_averaged_ensemble_round_trips_through_a_bundle(tmp_path):
+    avg = average_of(_members(2), hflip=True)
+    save_weights(avg, tmp_path / "weights.safetensors")
+    meta = {"name": "small_resnet", "num_classes": 3, **ensemble_meta(avg)}
+    assert meta["members"] == 2 and meta["hflip"] is True
+    write_bundle_meta(tmp_path, {"model": meta, "classes": ["a", "b", "c"]})
+    loaded = load_classifier(load_bundle(tmp_path))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), avg(x), rtol=1e-5, atol=1e-5)
+    assert ensemble_meta(build_classifier("small_resnet", 3, pretrained=False)) == {}

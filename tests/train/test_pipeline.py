@@ -68,6 +68,24 @@ def test_reported_metrics_match_bundle_predictions(small_run):
                                                   abs=1e-9)
 
 
+def test_an_ensemble_run_bundles_one_network_that_predict_reproduces(tmp_path, image_folder_factory):
+    """Fine-tuning on small data averages members and mirrored views; the bundle records
+    that shape and predicting from it gives the metrics the run reported."""
+    data = image_folder_factory(tmp_path / "data", {"a": 10, "b": 10})
+    out = tmp_path / "run"
+    res = _train(data, out, "--strategy", "scratch", "--members", "2", "--epochs", "1",
+                 "--img-size", "32")
+    assert res.exit_code == 0, res.output
+    model_meta = load_bundle(out / "bundle").meta["model"]
+    assert model_meta["members"] == 2 and model_meta["hflip"] is True
+    m = json.loads((out / "metrics.json").read_text())
+    assert [c["seed"] for c in m["strategy"]["candidates"]["scratch"]["members"]] == [0, 1]
+    rows = _test_rows(out)
+    preds = predict_files(str(out / "bundle"), [str(data / r["path"]) for r in rows], top_k=1)
+    assert m["test"]["accuracy"] == pytest.approx(
+        accuracy_score([r["label"] for r in rows], [p.label for p in preds]), abs=1e-9)
+
+
 def test_same_seed_same_split_and_metrics(tmp_path, image_folder_factory):
     data = image_folder_factory(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
     runs = []

@@ -2,6 +2,13 @@
 
 The head is deliberately pool-then-linear: then the class activation map (Zhou et al.,
 CVPR 2016) is exact, and the pooled vector is the search embedding (DESIGN.md principle 2).
+
+An ensemble keeps that shape. `average_of` puts several fine-tuned members (and, with
+`hflip`, each member's view of the left-right mirrored image) side by side on the channel
+axis of one feature map, under one linear head whose weights are the members' divided by
+the number of views: its logits are exactly the mean of the views' logits, its class
+activation map the mean of their maps, and export, the runtime and explanations need
+nothing new.
 """
 
 from __future__ import annotations
@@ -37,5 +44,43 @@ class Classifier(nn.Module):
         return self.head(emb), emb, feats
 
 
-def build_classifier(name: str, num_classes: int, pretrained: bool) -> Classifier:
-    return Classifier(create_backbone(name, pretrained=pretrained), num_classes)
+class EnsembleBackbone(nn.Module):
+    """Members' feature maps concatenated on the channel axis; with hflip also each member's
+    map of the mirrored image, mirrored back so the maps stay aligned with the input."""
+
+    def __init__(self, members: list[nn.Module], hflip: bool = False):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.hflip = bool(hflip)
+        self.views = len(members) * (2 if hflip else 1)
+        self.num_features = sum(int(m.num_features) for m in members) * (2 if hflip else 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        maps = [m.forward_features(x) for m in self.members]
+        if self.hflip:
+            mirrored = x.flip(-1)
+            maps += [m.forward_features(mirrored).flip(-1) for m in self.members]
+        return torch.cat(maps, dim=1)
+
+
+def build_classifier(name: str, num_classes: int, pretrained: bool, *, members: int = 1,
+                     hflip: bool = False) -> Classifier:
+    """One backbone, or (members > 1 or hflip) the ensemble shape `average_of` produces."""
+    if members == 1 and not hflip:
+        return Classifier(create_backbone(name, pretrained=pretrained), num_classes)
+    body = EnsembleBackbone([create_backbone(name, pretrained=pretrained) for _ in range(members)], hflip)
+    return Classifier(body, num_classes)
+
+
+def average_of(models: list[Classifier], *, hflip: bool = False) -> Classifier:
+    """One Classifier whose logits are the mean over members (and mirrored views) of theirs."""
+    if not models:
+        raise ValueError("average_of needs at least one model")
+    num_classes = models[0].head.out_features
+    out = Classifier(EnsembleBackbone([m.backbone for m in models], hflip), num_classes)
+    repeat = 2 if hflip else 1
+    with torch.no_grad():
+        weight = torch.cat([m.head.weight for m in models] * repeat, dim=1) / out.backbone.views
+        out.head.weight.copy_(weight)
+        out.head.bias.copy_(torch.stack([m.head.bias for m in models]).mean(0))
+    return out.eval()

@@ -21,7 +21,7 @@ from sightwise.data.cache import ImageCache, build_cache, check_usable
 from sightwise.data.datasets import Dataset, load_dataset
 from sightwise.data.preprocess import Preprocessing
 from sightwise.data.splits import assign_splits, drop_leakage, find_leakage, write_manifest
-from sightwise.models.io import save_weights
+from sightwise.models.io import ensemble_meta, save_weights
 from sightwise.models.registry import get_spec
 from sightwise.train.budget import Budget
 from sightwise.train.strategies import Trained, run_strategy
@@ -170,7 +170,8 @@ def write_bundle(cfg, pre, data: PreparedData, trained: Trained, metrics: dict, 
         "task": "classification",
         "classes": data.dataset.classes,
         "model": {"name": cfg.model_name, "num_classes": len(data.dataset.classes),
-                  "num_features": trained.model.num_features, "strategy": trained.strategy},
+                  "num_features": trained.model.num_features, "strategy": trained.strategy,
+                  **ensemble_meta(trained.model)},
         "preprocessing": pre.to_dict(),
         "calibration": {"method": "temperature", "temperature": metrics["calibration"]["temperature"]},
         "metrics": {"test": {k: metrics["test"][k] for k in

@@ -1,6 +1,17 @@
 """Training strategies: linear-probe, finetune, scratch, and auto (probe, then fine-tune
 while the budget lasts, keep the better on validation).
 
+On small training sets a fine-tune's test result swings by several points with the seed
+alone (data order, augmentation): BreastMNIST's 546 images gave test AUC 0.843, 0.899 and
+0.877 for seeds 0-2 of the same recipe. So below ENSEMBLE_MAX_TRAIN training images
+fine-tuning trains ENSEMBLE_MEMBERS members on seeds seed, seed+1, ..., each with an equal
+share of the budget left, and keeps their average (`average_of`, one network to export).
+Each member keeps its best validation epoch (keeping the last epoch instead was measured
+worse on BreastMNIST: test accuracy / AUC 0.840 / 0.882 against 0.859 / 0.916). By default
+each prediction is also averaged with the mirrored image's, the left-right flip the
+default augmentation already treats as label-preserving. Inference then costs one
+pass per member and view: `--members 1 --no-tta` gives a single pass.
+
 Fine-tuning starts from a zero head, not from the probe's: the probe's head is fitted on
 standardised eval-mode features and folded into large raw-feature weights, and once
 BatchNorm switches to batch statistics those weights produce huge logits (seen on
@@ -10,7 +21,7 @@ BreastMNIST: loss 6.9 in the first epoch and validation accuracy falling below t
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -18,14 +29,28 @@ import torch
 from sightwise.config import TrainConfig
 from sightwise.data.cache import ImageCache
 from sightwise.data.preprocess import Preprocessing
-from sightwise.models.classifier import Classifier, build_classifier
+from sightwise.models.classifier import Classifier, average_of, build_classifier
 from sightwise.train.budget import Budget
 from sightwise.train.features import extract_features, frozen_extractor
 from sightwise.train.finetune import evaluate_logits, fit
 from sightwise.train.probe import fit_probe
 
-# Below this share of the budget left, auto does not start fine-tuning at all.
+# Below this many seconds of budget left, auto does not start fine-tuning (or another member).
 MIN_FINETUNE_SECONDS = 20.0
+ENSEMBLE_MEMBERS = 3
+ENSEMBLE_MAX_TRAIN = 2000
+
+
+def ensemble_size(cfg: TrainConfig, n_train: int) -> int:
+    """--members when given, else ENSEMBLE_MEMBERS for small training sets, else 1."""
+    if cfg.members is not None:
+        return cfg.members
+    return ENSEMBLE_MEMBERS if n_train <= ENSEMBLE_MAX_TRAIN else 1
+
+
+def mirrored_views(cfg: TrainConfig) -> bool:
+    """Test-time flip averaging: on unless --no-tta, or training never saw flipped images."""
+    return cfg.tta and cfg.augment != "none"
 
 
 @dataclass
@@ -98,21 +123,41 @@ def new_model(cfg: TrainConfig, num_classes: int, pretrained: bool) -> Classifie
 
 
 def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) -> Trained:
-    model = new_model(cfg, num_classes, pretrained)
     lr, head_lr = learning_rates(cfg, pretrained)
     name = "finetune" if pretrained else "scratch"
-    res = fit(model, cache.subset("train"), cache.subset("val"), pre, cfg, budget,
-              lr=lr, head_lr=head_lr, desc=name)
-    log(f"{name}: best val accuracy {res.best_val_accuracy:.4f} at epoch {res.best_epoch} "
-        f"of {res.epochs_run} ({res.stopped_by}; {res.images_per_second:.1f} img/s)")
+    train, val = cache.subset("train"), cache.subset("val")
+    n = ensemble_size(cfg, len(train[1]))
+    members, infos, history = [], [], []
+    for k in range(n):
+        if k and not budget.allows(MIN_FINETUNE_SECONDS):
+            log(f"{name}: budget spent after {k} of {n} members")
+            break
+        share = Budget(None if budget.seconds is None else budget.left() / (n - k))
+        member_cfg = replace(cfg, seed=cfg.seed + k)
+        model = new_model(member_cfg, num_classes, pretrained)
+        res = fit(model, train, val, pre, member_cfg, share, lr=lr, head_lr=head_lr,
+                  desc=name if n == 1 else f"{name} {k + 1}/{n}")
+        log(f"{name}{'' if n == 1 else f' member {k + 1}/{n}'}: best val accuracy "
+            f"{res.best_val_accuracy:.4f} at epoch {res.best_epoch} of {res.epochs_run} "
+            f"({res.stopped_by}; {res.images_per_second:.1f} img/s)")
+        members.append(model)
+        infos.append({"seed": member_cfg.seed, "val_accuracy": res.best_val_accuracy,
+                      "epochs": res.epochs_run, "stopped_by": res.stopped_by,
+                      "images_per_second": res.images_per_second})
+        history += [dict(h, member=k + 1) for h in res.history]
+    hflip = mirrored_views(cfg)
+    model = average_of(members, hflip=hflip) if len(members) > 1 or hflip else members[0]
+    val_logits = evaluate_logits(model, val[0], pre)
+    val_acc = float((val_logits.argmax(1) == val[1]).mean()) if len(val[1]) else 0.0
+    if len(members) > 1 or hflip:
+        log(f"{name}: {len(members)} member(s){' x 2 mirrored views' if hflip else ''}, "
+            f"val accuracy of their average {val_acc:.4f}")
     return Trained(model=model, strategy=name,
-                   val_logits=evaluate_logits(model, cache.subset("val")[0], pre),
+                   val_logits=val_logits,
                    test_logits=evaluate_logits(model, cache.subset("test")[0], pre),
                    train_seconds=0.0,
-                   candidates={name: {"val_accuracy": res.best_val_accuracy,
-                                      "epochs": res.epochs_run, "stopped_by": res.stopped_by,
-                                      "images_per_second": res.images_per_second}},
-                   history=res.history)
+                   candidates={name: {"val_accuracy": val_acc, "members": infos, "hflip": hflip}},
+                   history=history)
 
 
 def _auto(cfg, pre, cache, num_classes, budget, log) -> Trained:
