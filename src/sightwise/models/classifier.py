@@ -56,11 +56,13 @@ class EnsembleBackbone(nn.Module):
         self.num_features = sum(int(m.num_features) for m in members) * (2 if hflip else 1)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        maps = [m.forward_features(x) for m in self.members]
-        if self.hflip:
-            mirrored = x.flip(-1)
-            maps += [m.forward_features(mirrored).flip(-1) for m in self.members]
-        return torch.cat(maps, dim=1)
+        if not self.hflip:
+            return torch.cat([m.forward_features(x) for m in self.members], dim=1)
+        # Image and mirror image in one batch: each member is one set of nodes in the ONNX
+        # graph (two calls gave every int8 convolution a second quantised bias and scales).
+        n = x.shape[0]
+        maps = [m.forward_features(torch.cat([x, x.flip(-1)], dim=0)) for m in self.members]
+        return torch.cat([f[:n] for f in maps] + [f[n:].flip(-1) for f in maps], dim=1)
 
 
 def build_classifier(name: str, num_classes: int, pretrained: bool, *, members: int = 1,
