@@ -6,8 +6,9 @@ alone (data order, augmentation): BreastMNIST's 546 images gave test AUC 0.843, 
 0.877 for seeds 0-2 of the same recipe. So below ENSEMBLE_MAX_TRAIN training images
 fine-tuning trains ENSEMBLE_MEMBERS members on seeds seed, seed+1, ..., each with an equal
 share of the budget left, and keeps their average (`average_of`, one network to export).
-Each member keeps its best validation epoch (keeping the last epoch instead was measured
-worse on BreastMNIST: test accuracy / AUC 0.840 / 0.882 against 0.859 / 0.916). By default
+Each member keeps its best validation epoch (keeping the last epoch instead gave BreastMNIST
+test accuracy / AUC 0.840 / 0.882 against 0.859 / 0.916, one run each; a rerun of the
+same command gave 0.846 / 0.896, so that is weak evidence). By default
 each prediction is also averaged with the mirrored image's, the left-right flip the
 default augmentation already treats as label-preserving. Inference then costs one
 pass per member and view: `--members 1 --no-tta` gives a single pass.
