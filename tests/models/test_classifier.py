@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sightwise.bundle import load_bundle, write_bundle_meta
-from sightwise.models.classifier import Classifier, average_of, build_classifier
+from sightwise.models.classifier import Classifier, EnsembleBackbone, average_of, build_classifier
 from sightwise.models.io import ensemble_meta, load_classifier, save_weights
 
 
@@ -130,3 +130,11 @@ def test_an_averaged_ensemble_round_trips_through_a_bundle(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), avg(x), rtol=1e-5, atol=1e-5)
     assert ensemble_meta(build_classifier("small_resnet", 3, pretrained=False)) == {}
+
+
+def test_average_of_one_model_without_mirroring_is_that_model():
+    (one,) = _members(1)
+    assert average_of([one]) is one
+    assert isinstance(average_of([one], hflip=True).backbone, EnsembleBackbone)
+    with pytest.raises(ValueError, match="at least one model"):
+        average_of([])

@@ -75,9 +75,12 @@ def build_classifier(name: str, num_classes: int, pretrained: bool, *, members: 
 
 
 def average_of(models: list[Classifier], *, hflip: bool = False) -> Classifier:
-    """One Classifier whose logits are the mean over members (and mirrored views) of theirs."""
+    """One Classifier whose logits are the mean over members (and mirrored views) of theirs;
+    a single model without mirroring is returned as it is."""
     if not models:
         raise ValueError("average_of needs at least one model")
+    if len(models) == 1 and not hflip:
+        return models[0].eval()
     num_classes = models[0].head.out_features
     out = Classifier(EnsembleBackbone([m.backbone for m in models], hflip), num_classes)
     repeat = 2 if hflip else 1

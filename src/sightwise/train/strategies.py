@@ -79,10 +79,6 @@ def run_strategy(cfg: TrainConfig, pre: Preprocessing, cache: ImageCache, num_cl
     return trained
 
 
-def _split(cache: ImageCache, name: str):
-    return cache.subset(name)
-
-
 def _linear_probe(cfg, pre, cache, num_classes, log) -> Trained:
     model = build_classifier(cfg.model_name, num_classes, pretrained=True).eval()
     extractor = frozen_extractor(model.backbone, pre, n_images=len(cache.samples))
@@ -147,10 +143,10 @@ def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) ->
                       "images_per_second": res.images_per_second})
         history += [dict(h, member=k + 1) for h in res.history]
     hflip = mirrored_views(cfg)
-    model = average_of(members, hflip=hflip) if len(members) > 1 or hflip else members[0]
+    model = average_of(members, hflip=hflip)
     val_logits = evaluate_logits(model, val[0], pre)
     val_acc = float((val_logits.argmax(1) == val[1]).mean()) if len(val[1]) else 0.0
-    if len(members) > 1 or hflip:
+    if model is not members[0]:
         log(f"{name}: {len(members)} member(s){' x 2 mirrored views' if hflip else ''}, "
             f"val accuracy of their average {val_acc:.4f}")
     return Trained(model=model, strategy=name,
