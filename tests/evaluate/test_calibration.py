@@ -6,9 +6,12 @@ import doctest
 import numpy as np
 import pytest
 import scipy.special
+import scipy.stats
+from sklearn.metrics import log_loss
 
 from sightwise.evaluate import calibration
 from sightwise.evaluate.calibration import (
+    choose_temperature,
     expected_calibration_error,
     fit_temperature,
     reliability_bins,
@@ -120,6 +123,39 @@ def test_fit_temperature_never_worse_than_one(true_t):
 def test_fit_temperature_returns_one_when_nothing_improves():
     # Uniform logits: every temperature gives the same NLL, so T = 1 must be kept.
     assert fit_temperature(np.zeros((10, 3)), np.arange(10) % 3) == 1.0
+
+
+def test_choose_temperature_statistic_matches_sklearn_log_loss():
+    rng = np.random.default_rng(3)
+    z = rng.normal(scale=3.0, size=(300, 3))
+    y = _sample_labels(softmax(z, 1.6), rng)
+    c = choose_temperature(z, y)
+    stat = 2 * len(y) * (log_loss(y, softmax(z), labels=[0, 1, 2])
+                         - log_loss(y, softmax(z, c.fitted), labels=[0, 1, 2]))
+    assert c.statistic == pytest.approx(stat, rel=1e-9)
+    assert c.p_value == pytest.approx(scipy.stats.chi2.sf(stat, 1), rel=1e-9)
+    assert c.p_value < 0.05 and c.temperature == c.fitted == fit_temperature(z, y)
+    assert c.to_dict()["applied"] is True
+
+
+def test_choose_temperature_keeps_one_without_evidence():
+    # Small, slightly over-confident validation set: the fit moves T, the test keeps 1.
+    rng = np.random.default_rng(4)
+    z = rng.normal(scale=3.0, size=(40, 2))
+    y = _sample_labels(softmax(z, 1.15), rng)
+    c = choose_temperature(z, y)
+    assert c.fitted != 1.0 and c.p_value >= 0.05 and c.temperature == 1.0
+    assert c.to_dict()["applied"] is False
+
+
+def test_choose_temperature_false_alarm_rate_is_about_alpha():
+    # Calibrated logits (labels drawn from softmax(z)): T = 1 is rejected ~5% of the time.
+    rng = np.random.default_rng(5)
+    rejected = 0
+    for _ in range(300):
+        z = rng.normal(scale=2.0, size=(200, 3))
+        rejected += choose_temperature(z, _sample_labels(softmax(z), rng)).temperature != 1.0
+    assert 0.02 <= rejected / 300 <= 0.09
 
 
 def test_input_validation():

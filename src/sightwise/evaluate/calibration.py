@@ -5,16 +5,26 @@ divides the logits by one scalar ``T`` fitted on the validation split. It cannot
 the arg-max, so accuracy is untouched while the probabilities become honest. The ECE here
 is the paper's top-label ECE with equal-width confidence bins.
 
+A temperature fitted on a small validation split mostly fits its noise, and when the same
+split also picked the checkpoint its predictions look better than fresh ones (a model
+that looks under-confident there gets sharpened, and is then over-confident on test).
+``choose_temperature`` therefore applies the fitted ``T`` only when a likelihood-ratio test
+rejects ``T = 1`` (the model as trained) at the 5% level: on 78 BreastMNIST validation
+images the fitted T of 0.82-0.86 gave statistics of 0.6-0.9 (3.84 needed), and applying
+them made test ECE worse in all three runs.
+
 Pure numpy/scipy: the runtime and the server use ``softmax`` without torch.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import logsumexp
+from scipy.stats import chi2
 
 # Bounds on T: below 0.05 the softmax is a hard arg-max, above 20 it is nearly uniform;
 # an optimum outside this range means the logits carry no usable calibration signal.
@@ -85,6 +95,43 @@ def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
     if not res.success or not np.isfinite(res.fun) or res.fun >= base:
         return 1.0
     return float(math.exp(res.x))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The temperature to use, and the evidence for it."""
+
+    temperature: float  # applied: the fitted one when significant, else 1.0
+    fitted: float  # the maximum-likelihood T on the validation logits
+    statistic: float  # likelihood-ratio statistic 2 * (NLL_sum(T=1) - NLL_sum(fitted))
+    p_value: float  # chi-square, 1 degree of freedom
+
+    def to_dict(self) -> dict:
+        return {"temperature": self.temperature, "fitted_temperature": self.fitted,
+                "lr_statistic": self.statistic, "p_value": self.p_value,
+                "applied": self.temperature != 1.0}
+
+
+def choose_temperature(logits: np.ndarray, y: np.ndarray, alpha: float = 0.05) -> Calibration:
+    """Fit ``T`` (``fit_temperature``) and keep it only if it is significant at ``alpha``.
+
+    Under ``T = 1`` the likelihood-ratio statistic is asymptotically chi-square with one
+    degree of freedom (Wilks), so ``T = 1`` is rejected at most an ``alpha`` share of the
+    time when the model is already calibrated.
+
+    >>> z = np.array([[4.0, 0.0]] * 6 + [[0.0, 4.0]] * 2)
+    >>> c = choose_temperature(z, np.array([0, 0, 0, 0, 0, 1, 1, 1]))  # 1 mistake in 8
+    >>> round(c.fitted, 2), c.temperature, c.p_value > 0.05
+    (2.06, 1.0, True)
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    t = fit_temperature(logits, y)
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y).astype(np.int64)
+    stat = max(0.0, 2.0 * len(y) * (_nll(z, y, 1.0) - _nll(z, y, t)))
+    p = float(chi2.sf(stat, df=1))
+    return Calibration(temperature=t if p < alpha else 1.0, fitted=t, statistic=stat, p_value=p)
 
 
 def _top_label(probs: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

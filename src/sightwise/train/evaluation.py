@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from sightwise.bundle import atomic_write_json
-from sightwise.evaluate.calibration import fit_temperature, softmax
+from sightwise.evaluate.calibration import Calibration, choose_temperature, softmax
 from sightwise.evaluate.figures import (
     plot_confusion_matrix,
     plot_mistakes_grid,
@@ -24,7 +24,9 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
     cache = data.cache
     x_test, y_test = cache.subset("test")
     _, y_val = cache.subset("val")
-    temperature = fit_temperature(trained.val_logits, y_val) if len(y_val) else 1.0
+    calib = (choose_temperature(trained.val_logits, y_val) if len(y_val)
+             else Calibration(1.0, 1.0, 0.0, 1.0))
+    temperature = calib.temperature
     probs_raw = softmax(trained.test_logits)
     probs = softmax(trained.test_logits, temperature)
     test = classification_metrics(y_test, probs, classes, seed=cfg.seed,
@@ -42,7 +44,7 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
             "skipped": [{"path": s.source, "reason": s.reason} for s in data.skipped],
             "leakage": data.leakage,
         },
-        "calibration": {"temperature": float(temperature)},
+        "calibration": calib.to_dict(),
         "strategy": {"requested": cfg.strategy, "chosen": trained.strategy,
                      "candidates": trained.candidates},
         "model": cfg.model_name,
@@ -62,12 +64,18 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
     atomic_write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", title=f"Sightwise run: {Path(cfg.out).name}",
                  metrics=test, figures=figures, sections=_sections(metrics),
-                 run_info=_run_info(cfg, metrics))
+                 run_info=_run_info(cfg, metrics, calib))
     log(f"test: accuracy {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.3f}, "
         f"{test['accuracy_ci'][1]:.3f}], macro-F1 {test['macro_f1']:.4f}, "
-        f"ECE {test['ece_uncalibrated']:.4f} -> {test['ece']:.4f} (T={temperature:.2f}), "
+        f"ECE {test['ece_uncalibrated']:.4f} -> {test['ece']:.4f} ({_describe(calib)}), "
         f"n={test['n']}")
     return metrics
+
+
+def _describe(c: Calibration) -> str:
+    if c.temperature != 1.0:
+        return f"T={c.temperature:.2f}, p={c.p_value:.2g}"
+    return f"T=1: fitted {c.fitted:.2f} not significant, p={c.p_value:.2g}"
 
 
 def _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test) -> dict:
@@ -84,7 +92,7 @@ def _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test) -> dict:
     }
 
 
-def _run_info(cfg, metrics) -> dict:
+def _run_info(cfg, metrics, calib: Calibration) -> dict:
     t = metrics["timing"]
     return {
         "data": cfg.data,
@@ -96,7 +104,7 @@ def _run_info(cfg, metrics) -> dict:
         "images used / skipped": f"{metrics['data']['n_images']} / "
                                  f"{len(metrics['data']['skipped'])}",
         "train seconds": f"{t['train_seconds']:.1f}",
-        "calibration temperature": f"{metrics['calibration']['temperature']:.3f}",
+        "calibration": _describe(calib),
     }
 
 

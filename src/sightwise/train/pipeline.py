@@ -23,6 +23,7 @@ from sightwise.data.preprocess import Preprocessing
 from sightwise.data.splits import assign_splits, drop_leakage, find_leakage, write_manifest
 from sightwise.models.io import ensemble_meta, save_weights
 from sightwise.models.registry import get_spec
+from sightwise.train.allocator import keep_freed_memory
 from sightwise.train.budget import Budget
 from sightwise.train.strategies import Trained, run_strategy
 from sightwise.types import Skipped
@@ -136,6 +137,7 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
 
     run_dir = Path(cfg.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    keep_freed_memory()  # feature extraction and training reuse freed blocks (allocator.py)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     budget = Budget(cfg.budget_s)
@@ -173,7 +175,7 @@ def write_bundle(cfg, pre, data: PreparedData, trained: Trained, metrics: dict, 
                   "num_features": trained.model.num_features, "strategy": trained.strategy,
                   **ensemble_meta(trained.model)},
         "preprocessing": pre.to_dict(),
-        "calibration": {"method": "temperature", "temperature": metrics["calibration"]["temperature"]},
+        "calibration": {"method": "temperature", **metrics["calibration"]},
         "metrics": {"test": {k: metrics["test"][k] for k in
                              ("n", "accuracy", "macro_f1", "auroc", "ece", "ece_uncalibrated")}},
         "data": {"manifest_sha256": data.manifest_sha256, "root": str(Path(data.dataset.root).resolve()),
