@@ -53,6 +53,44 @@ def test_budget_stops_training(tmp_path):
     assert res.epochs_run < 50
 
 
+def test_a_budget_planned_schedule_equals_the_same_epochs_without_a_budget(tmp_path, monkeypatch):
+    # The plan (made after the timed first epoch) shortens the cosine schedule to whole
+    # epochs: a run planned to 3 of 10 epochs trains exactly like an unbudgeted 3-epoch run.
+    from sightwise.train import finetune
+
+    x, y = _toy()
+    xv, yv = _toy(8, seed=1)
+    pre = Preprocessing(size=32)
+
+    def run(epochs, budget):
+        torch.manual_seed(0)
+        model = build_classifier("small_resnet", 2, pretrained=False)
+        cfg = TrainConfig(data="-", out=str(tmp_path), epochs=epochs, batch_size=8,
+                          progress=False, patience=10)
+        return model, fit(model, (x, y), (xv, yv), pre, cfg, budget, lr=3e-3, head_lr=3e-3)
+
+    monkeypatch.setattr(finetune, "plan_epochs", lambda left, sec, *, done, cap: 3)
+    planned, res = run(10, Budget(3600.0))
+    assert (res.planned_epochs, res.epochs_run, res.stopped_by) == (3, 3, "budget")
+    plain, ref = run(3, Budget(None))
+    assert (ref.planned_epochs, ref.stopped_by) == (3, "epochs")
+    assert [h["val_loss"] for h in res.history] == pytest.approx([h["val_loss"] for h in ref.history])
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(planned.state_dict()[k], v, rtol=0, atol=1e-6)
+
+
+def test_plan_epochs_rounds_down_to_the_grid():
+    from sightwise.train.finetune import plan_epochs
+
+    # 1 done + 18.9 s / 1 s = 19 fit -> 15; small plans are not rounded; cap wins
+    assert plan_epochs(18.9, 1.0, done=1, cap=30, grid=5) == 15
+    assert plan_epochs(2.5, 1.0, done=1, cap=30, grid=5) == 3
+    assert plan_epochs(0.1, 1.0, done=1, cap=30, grid=5) == 1
+    assert plan_epochs(1e6, 1.0, done=1, cap=30, grid=5) == 30
+    # a few percent of speed either side of 22 epochs gives the same plan
+    assert {plan_epochs(190.0, s, done=1, cap=30) for s in (8.2, 8.6, 9.0)} == {20}
+
+
 def test_class_weights_inverse_frequency_above_3_to_1():
     y = np.array([0] * 80 + [1] * 20)
     assert class_weights(y, 2, "auto") is not None

@@ -84,3 +84,25 @@ def test_a_spent_budget_stops_adding_members(tmp_path):
                      spent, log.append)
     assert len(t.model.backbone.members) == 1
     assert any("budget spent after 1 of 3 members" in line for line in log)
+
+
+def test_members_follow_the_first_members_budget_plan(tmp_path, monkeypatch):
+    # The budget (generous here) is replaced by a plan of 2 epochs out of --epochs 4: each
+    # member trains exactly 2, the first one's plan reaching the later ones.
+    from sightwise.train import finetune
+
+    calls = []
+
+    def plan(seconds_left, epoch_seconds, *, done, cap, grid=finetune.EPOCH_GRID):
+        calls.append(cap)
+        return 2
+
+    monkeypatch.setattr(finetune, "plan_epochs", plan)
+    log = []
+    t = run_strategy(_cfg(tmp_path, members=3, epochs=4, patience=10), Preprocessing(size=32),
+                     _cache(), 2, Budget(3600.0), log.append)
+    members = t.candidates["scratch"]["members"]
+    assert [m["planned_epochs"] for m in members] == [2, 2, 2]
+    assert [m["epochs"] for m in members] == [2, 2, 2]
+    assert calls == [4, 2, 2]  # later members are capped by the first one's plan
+    assert any("the budget holds 2 epochs per member (of --epochs 4" in line for line in log)

@@ -4,6 +4,11 @@ No callbacks and no string events: everything the loop does is visible here. It 
 uint8 cache, augments per batch, trains channels_last with AdamW, a linear warm-up then a
 cosine schedule and label smoothing, checks validation every epoch, keeps the best weights
 and stops early or when the wall-clock budget cannot fit another epoch.
+
+Under a budget the schedule is planned in whole epochs after the first one (timed, with
+validation): as many as fit, rounded down to a multiple of EPOCH_GRID, at most
+`cfg.epochs`. Rounding keeps the plan, and so the trained weights, the same from run to
+run when the machine's speed varies by a few percent; the log states the plan.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from tqdm.auto import tqdm
 
 from sightwise.config import TrainConfig
 from sightwise.data.preprocess import Preprocessing
+from sightwise.train.allocator import keep_freed_memory
 from sightwise.train.augment import augment_batch, make_augment, to_input
 from sightwise.train.budget import Budget
 
@@ -33,6 +39,7 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
     stopped_by: str = "epochs"
     images_per_second: float = 0.0
+    planned_epochs: int = 0  # the schedule's length in epochs (cfg.epochs unless the budget cut it)
 
 
 def set_trainable(model: nn.Module, unfreeze: str) -> None:
@@ -111,6 +118,7 @@ def fit(
     use_amp = device.type == "cuda"
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    keep_freed_memory()  # each step reuses the last one's freed activations (allocator.py)
 
     model.to(device).to(memory_format=torch.channels_last)
     set_trainable(model, cfg.unfreeze)
@@ -133,9 +141,13 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     best_val_loss = float("inf")
     stale, step, epoch_seconds, seen, t_train = 0, 0, None, 0, 0.0
+    planned, step_planned = cfg.epochs, False
     t_fit = time.perf_counter()
     bar = tqdm(total=cfg.epochs, desc=desc, unit="epoch", disable=not cfg.progress)
     for epoch in range(cfg.epochs):
+        if epoch >= planned:
+            best.stopped_by = "budget"
+            break
         if budget.left() <= 0:
             best.stopped_by = "budget"
             break
@@ -168,8 +180,12 @@ def fit(
             step += 1
             seen += len(idx)
             if step == PLAN_AFTER_STEPS and budget.seconds is not None:
-                total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
-                                                  step, steps_per_epoch, cfg)
+                per_step = (time.perf_counter() - t_fit) / step
+                if budget.left() < 2 * steps_per_epoch * per_step:
+                    # Not even two epochs fit: fit the schedule to the steps that do.
+                    total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
+                                                      step, steps_per_epoch, cfg)
+                    planned, step_planned = math.ceil(total_steps / steps_per_epoch), True
             if budget.left() <= 0:  # even mid-way through the first epoch
                 break
         t_train += time.perf_counter() - t0
@@ -179,6 +195,10 @@ def fit(
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
                                                      torch.from_numpy(y_val)).item())
         epoch_seconds = time.perf_counter() - t0
+        if epoch == 0 and budget.seconds is not None and not step_planned:
+            planned = plan_epochs(budget.left(), epoch_seconds, done=1, cap=cfg.epochs)
+            total_steps = planned * steps_per_epoch
+            bar.total = planned
         best.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses or [0])),
                              "val_accuracy": val_acc, "val_loss": val_loss,
                              "seconds": epoch_seconds})
@@ -204,7 +224,28 @@ def fit(
     model.load_state_dict(best_state)
     model.eval()
     best.images_per_second = seen / t_train if t_train > 0 else 0.0
+    best.planned_epochs = planned
     return best
+
+
+# Budget-planned schedules are a multiple of this many epochs (unless fewer than this fit).
+EPOCH_GRID = 5
+
+
+def plan_epochs(seconds_left: float, epoch_seconds: float, *, done: int, cap: int,
+                grid: int = EPOCH_GRID) -> int:
+    """Epochs to schedule in all: `done` plus those the time left holds, rounded down to a
+    multiple of `grid`, at most `cap`.
+
+    >>> plan_epochs(190.0, 8.6, done=1, cap=30)  # 1 + 22 fit: 20
+    20
+    >>> plan_epochs(1000.0, 8.6, done=1, cap=30), plan_epochs(20.0, 8.6, done=1, cap=30)
+    (30, 3)
+    """
+    fits = done + max(0, int(seconds_left / max(epoch_seconds, 1e-9)))
+    if fits >= cap:
+        return cap
+    return fits // grid * grid if fits >= grid else fits
 
 
 # Steps timed before the schedule is fitted to the budget (the first ones include warm-up

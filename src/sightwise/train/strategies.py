@@ -125,21 +125,28 @@ def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) ->
     train, val = cache.subset("train"), cache.subset("val")
     n = ensemble_size(cfg, len(train[1]))
     members, infos, history = [], [], []
+    epochs = cfg.epochs
     for k in range(n):
         if k and not budget.allows(MIN_FINETUNE_SECONDS):
             log(f"{name}: budget spent after {k} of {n} members")
             break
         share = Budget(None if budget.seconds is None else budget.left() / (n - k))
-        member_cfg = replace(cfg, seed=cfg.seed + k)
+        # Later members follow the first one's schedule (they re-plan only if it cannot fit).
+        member_cfg = replace(cfg, seed=cfg.seed + k, epochs=epochs)
         model = new_model(member_cfg, num_classes, pretrained)
         res = fit(model, train, val, pre, member_cfg, share, lr=lr, head_lr=head_lr,
                   desc=name if n == 1 else f"{name} {k + 1}/{n}")
         log(f"{name}{'' if n == 1 else f' member {k + 1}/{n}'}: best val accuracy "
             f"{res.best_val_accuracy:.4f} at epoch {res.best_epoch} of {res.epochs_run} "
             f"({res.stopped_by}; {res.images_per_second:.1f} img/s)")
+        if k == 0 and res.planned_epochs < cfg.epochs:
+            epochs = res.planned_epochs
+            log(f"{name}: the budget holds {epochs} epochs per member (of --epochs {cfg.epochs}; "
+                f"first epoch {res.history[0]['seconds']:.1f} s)")
         members.append(model)
         infos.append({"seed": member_cfg.seed, "val_accuracy": res.best_val_accuracy,
-                      "epochs": res.epochs_run, "stopped_by": res.stopped_by,
+                      "epochs": res.epochs_run, "planned_epochs": res.planned_epochs,
+                      "stopped_by": res.stopped_by,
                       "images_per_second": res.images_per_second})
         history += [dict(h, member=k + 1) for h in res.history]
     hflip = mirrored_views(cfg)
