@@ -93,6 +93,8 @@ def run_side(side: str, args) -> float:
         opt = make_optimizer(model, lr=3e-4, head_lr=3e-4, weight_decay=0.01)
         our_steps(model, opt, cache.images, labels, pre, args.batch, 1)
         return our_steps(model, opt, cache.images, labels, pre, args.batch, args.steps)
+    if args.reference_keeps_memory:  # the allocator setting alone, without our loop
+        keep_freed_memory()
     paths = [s.source for s in cache.samples]
     model = build_classifier("efficientnet_lite0", len(ds.classes), True)
     opt = torch.optim.AdamW(model.parameters(), 3e-4)  # weight_decay defaults to 0.01
@@ -108,6 +110,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--reference-keeps-memory", action="store_true",
+                    help="give the reference loop the same allocator setting as ours")
     ap.add_argument("--side", choices=["ours", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:  # a child process: time one side, print its images/s
@@ -118,16 +122,22 @@ def main() -> None:
         data = make_texture_dataset(Path("/tmp/sightwise-bench-textures"))
     child = [sys.executable, __file__, str(data), "--n", str(args.n), "--size", str(args.size),
              "--batch", str(args.batch), "--steps", str(args.steps)]
+    if args.reference_keeps_memory:
+        child.append("--reference-keeps-memory")
     ours, ref = [], []
     for _ in range(args.rounds):
         for side, out in (("reference", ref), ("ours", ours)):
-            res = subprocess.run(child + ["--side", side], capture_output=True, text=True, check=True)
+            res = subprocess.run(child + ["--side", side], capture_output=True, text=True)
+            if res.returncode != 0:
+                sys.exit(f"the {side} run failed:\n{res.stderr[-3000:]}")
             out.append(json.loads(res.stdout.strip().splitlines()[-1])["images_per_second"])
     o, r = float(np.median(ours)), float(np.median(ref))
     print(f"data={data} n={args.n} size={args.size} batch={args.batch} "
           f"steps/round={args.steps} rounds={args.rounds} cores={os.cpu_count()} "
           f"torch_threads={torch.get_num_threads()}")
-    print(f"reference (decode every epoch, contiguous): {r:.2f} img/s  rounds={np.round(ref, 2)}")
+    kept = ", freed memory kept" if args.reference_keeps_memory else ""
+    print(f"reference (decode every epoch, contiguous{kept}): {r:.2f} img/s  "
+          f"rounds={np.round(ref, 2)}")
     print(f"ours (uint8 cache, channels_last, freed memory kept): {o:.2f} img/s  "
           f"rounds={np.round(ours, 2)}")
     print(f"ratio={o / r:.3f}")

@@ -35,12 +35,18 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     default, kept = _faults("default"), _faults("keep")
+    if default < 10_000:  # transparent huge pages back the mapping: few faults to save
+        pytest.skip(f"only {default} page faults without the setting on this host")
     # default: a fresh mmap each time, 16 k faults per 64 MB; kept: the freed block is reused
-    assert default > 10 * 10_000
     assert kept < default / 10
 
 
-def test_it_is_a_no_op_off_linux(monkeypatch):
+def test_it_is_a_no_op_off_linux_or_when_opted_out(monkeypatch):
+    allocator.keep_freed_memory.cache_clear()
     monkeypatch.setattr(allocator.sys, "platform", "darwin")
-    monkeypatch.setattr(allocator, "_applied", False)
     assert allocator.keep_freed_memory() is False
+    allocator.keep_freed_memory.cache_clear()
+    monkeypatch.setattr(allocator.sys, "platform", "linux")
+    monkeypatch.setenv("SIGHTWISE_KEEP_FREED_MEMORY", "0")
+    assert allocator.keep_freed_memory() is False
+    allocator.keep_freed_memory.cache_clear()

@@ -79,11 +79,30 @@ def test_a_budget_planned_schedule_equals_the_same_epochs_without_a_budget(tmp_p
         torch.testing.assert_close(planned.state_dict()[k], v, rtol=0, atol=1e-6)
 
 
+def test_a_plan_with_no_whole_epoch_left_fits_the_cosine_to_the_remaining_steps(tmp_path, monkeypatch):
+    # Only the timed first epoch fits: instead of ending at the warm-up's peak learning rate,
+    # the step-level plan shortens the schedule to what the budget still holds.
+    from sightwise.train import finetune
+
+    x, y = _toy(64)
+    monkeypatch.setattr(finetune, "plan_epochs", lambda left, sec, *, done, cap: 1)
+    seen = []
+    monkeypatch.setattr(finetune, "_plan", lambda *a: seen.append(a) or (24, 2))
+    cfg = TrainConfig(data="-", out=str(tmp_path), epochs=10, batch_size=8, progress=False,
+                      augment="none")
+    res = fit(build_classifier("small_resnet", 2, pretrained=False), (x, y), (x[:8], y[:8]),
+              Preprocessing(size=32), cfg, Budget(3600.0), lr=1e-3, head_lr=1e-3)
+    assert len(seen) == 1 and res.planned_epochs == 2  # ceil(24 steps / 16 per epoch)
+    assert res.epochs_run == 2 and res.stopped_by == "budget"
+    assert res.history[1]["seconds"] < res.history[0]["seconds"]  # 8 steps, not 16
+
+
 def test_plan_epochs_rounds_down_to_the_grid():
     from sightwise.train.finetune import plan_epochs
 
-    # 1 done + 18.9 s / 1 s = 19 fit -> 15; small plans are not rounded; cap wins
+    # 1 done + 18.9 s / 1 s = 19 fit -> 15; plans under 2 grids are not rounded; cap wins
     assert plan_epochs(18.9, 1.0, done=1, cap=30, grid=5) == 15
+    assert plan_epochs(8.5, 1.0, done=1, cap=30, grid=5) == 9
     assert plan_epochs(2.5, 1.0, done=1, cap=30, grid=5) == 3
     assert plan_epochs(0.1, 1.0, done=1, cap=30, grid=5) == 1
     assert plan_epochs(1e6, 1.0, done=1, cap=30, grid=5) == 30

@@ -25,7 +25,7 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
     x_test, y_test = cache.subset("test")
     _, y_val = cache.subset("val")
     calib = (choose_temperature(trained.val_logits, y_val) if len(y_val)
-             else Calibration(1.0, 1.0, 0.0, 1.0))
+             else Calibration(1.0, None, 0.0, 1.0))
     temperature = calib.temperature
     probs_raw = softmax(trained.test_logits)
     probs = softmax(trained.test_logits, temperature)
@@ -75,6 +75,8 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
 def _describe(c: Calibration) -> str:
     if c.temperature != 1.0:
         return f"T={c.temperature:.2f}, p={c.p_value:.2g}"
+    if c.fitted is None:
+        return "T=1: no validation images to fit it on"
     return f"T=1: fitted {c.fitted:.2f} not significant, p={c.p_value:.2g}"
 
 

@@ -6,7 +6,7 @@ cosine schedule and label smoothing, checks validation every epoch, keeps the be
 and stops early or when the wall-clock budget cannot fit another epoch.
 
 Under a budget the schedule is planned in whole epochs after the first one (timed, with
-validation): as many as fit, rounded down to a multiple of EPOCH_GRID, at most
+validation): as many as fit, from 10 on rounded down to a multiple of EPOCH_GRID, at most
 `cfg.epochs`. Rounding keeps the plan, and so the trained weights, the same from run to
 run when the machine's speed varies by a few percent; the log states the plan.
 """
@@ -162,8 +162,8 @@ def fit(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             # warm-up then cosine (Loshchilov & Hutter 2017), per step
-            scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (
-                1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+            scale = (step + 1) / warmup_steps if step < warmup_steps else 0.5 * (1 + math.cos(
+                math.pi * min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))))
             for group, base in zip(opt.param_groups, base_lrs, strict=True):
                 group["lr"] = base * scale
             xb = augment_batch(torch.from_numpy(x_train[idx]), aug)
@@ -179,14 +179,14 @@ def fit(
             losses.append(loss.item())
             step += 1
             seen += len(idx)
-            if step == PLAN_AFTER_STEPS and budget.seconds is not None:
+            if epoch == 0 and step == min(PLAN_AFTER_STEPS, steps_per_epoch) and budget.seconds is not None:
                 per_step = (time.perf_counter() - t_fit) / step
                 if budget.left() < 2 * steps_per_epoch * per_step:
                     # Not even two epochs fit: fit the schedule to the steps that do.
                     total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
                                                       step, steps_per_epoch, cfg)
                     planned, step_planned = math.ceil(total_steps / steps_per_epoch), True
-            if budget.left() <= 0:  # even mid-way through the first epoch
+            if budget.left() <= 0 or step >= total_steps:  # even mid-way through an epoch
                 break
         t_train += time.perf_counter() - t0
         val_logits = evaluate_logits(judged, x_val, pre)
@@ -196,8 +196,15 @@ def fit(
                                                      torch.from_numpy(y_val)).item())
         epoch_seconds = time.perf_counter() - t0
         if epoch == 0 and budget.seconds is not None and not step_planned:
-            planned = plan_epochs(budget.left(), epoch_seconds, done=1, cap=cfg.epochs)
-            total_steps = planned * steps_per_epoch
+            planned = plan_epochs(budget.left(), epoch_seconds * PLAN_MARGIN, done=1, cap=cfg.epochs)
+            if planned >= 2:
+                total_steps = planned * steps_per_epoch
+                if warmup_steps > step:  # a warm-up still running ends an epoch before the plan
+                    warmup_steps = min(warmup_steps, total_steps - steps_per_epoch)
+            else:  # no whole epoch fits: fit the cosine to the steps that still do
+                total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
+                                                  step, steps_per_epoch, cfg)
+                planned = math.ceil(total_steps / steps_per_epoch)
             bar.total = planned
         best.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses or [0])),
                              "val_accuracy": val_acc, "val_loss": val_loss,
@@ -228,24 +235,28 @@ def fit(
     return best
 
 
-# Budget-planned schedules are a multiple of this many epochs (unless fewer than this fit).
+# Budget-planned schedules of 2 * EPOCH_GRID epochs or more are a multiple of EPOCH_GRID.
 EPOCH_GRID = 5
+# The first epoch's time is taken 5 % longer when planning: later epochs may be a little
+# slower, and a plan cut mid-epoch by the budget would end before the cosine has decayed.
+PLAN_MARGIN = 1.05
 
 
 def plan_epochs(seconds_left: float, epoch_seconds: float, *, done: int, cap: int,
                 grid: int = EPOCH_GRID) -> int:
-    """Epochs to schedule in all: `done` plus those the time left holds, rounded down to a
-    multiple of `grid`, at most `cap`.
+    """Epochs to schedule in all: `done` plus those the time left holds, at most `cap`;
+    from 2 * `grid` epochs on, rounded down to a multiple of `grid` (below that the rounding
+    would waste up to half the budget).
 
     >>> plan_epochs(190.0, 8.6, done=1, cap=30)  # 1 + 22 fit: 20
     20
-    >>> plan_epochs(1000.0, 8.6, done=1, cap=30), plan_epochs(20.0, 8.6, done=1, cap=30)
-    (30, 3)
+    >>> plan_epochs(1000.0, 8.6, done=1, cap=30), plan_epochs(70.0, 8.6, done=1, cap=30)
+    (30, 9)
     """
     fits = done + max(0, int(seconds_left / max(epoch_seconds, 1e-9)))
     if fits >= cap:
         return cap
-    return fits // grid * grid if fits >= grid else fits
+    return fits // grid * grid if fits >= 2 * grid else fits
 
 
 # Steps timed before the schedule is fitted to the budget (the first ones include warm-up

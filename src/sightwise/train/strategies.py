@@ -139,10 +139,12 @@ def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) ->
         log(f"{name}{'' if n == 1 else f' member {k + 1}/{n}'}: best val accuracy "
             f"{res.best_val_accuracy:.4f} at epoch {res.best_epoch} of {res.epochs_run} "
             f"({res.stopped_by}; {res.images_per_second:.1f} img/s)")
-        if k == 0 and res.planned_epochs < cfg.epochs:
+        if k == 0 and 0 < res.planned_epochs < cfg.epochs:
             epochs = res.planned_epochs
-            log(f"{name}: the budget holds {epochs} epochs per member (of --epochs {cfg.epochs}; "
-                f"first epoch {res.history[0]['seconds']:.1f} s)")
+            log(f"{name}: the budget holds {epochs} epochs{' per member' if n > 1 else ''} "
+                f"(of --epochs {cfg.epochs}; first epoch {res.history[0]['seconds']:.1f} s)")
+        elif k and epochs < cfg.epochs and res.stopped_by == "epochs":
+            res.stopped_by = "budget"  # it ran the plan the budget set for the first member
         members.append(model)
         infos.append({"seed": member_cfg.seed, "val_accuracy": res.best_val_accuracy,
                       "epochs": res.epochs_run, "planned_epochs": res.planned_epochs,
