@@ -110,7 +110,11 @@ def fit(
     lr: float,
     head_lr: float,
     desc: str = "finetune",
+    plan: bool = True,
 ) -> FitResult:
+    """Train `model` in place and restore its best validation epoch. With `plan` and a
+    bounded `budget` the schedule is fitted to the budget (module docstring); without
+    `plan` it runs `cfg.epochs` and the budget only stops it."""
     x_train, y_train = train
     x_val, y_val = val
     num_classes = model.head.out_features
@@ -179,7 +183,8 @@ def fit(
             losses.append(loss.item())
             step += 1
             seen += len(idx)
-            if epoch == 0 and step == min(PLAN_AFTER_STEPS, steps_per_epoch) and budget.seconds is not None:
+            if (plan and epoch == 0 and step == min(PLAN_AFTER_STEPS, steps_per_epoch)
+                    and budget.seconds is not None):
                 per_step = (time.perf_counter() - t_fit) / step
                 if budget.left() < 2 * steps_per_epoch * per_step:
                     # Not even two epochs fit: fit the schedule to the steps that do.
@@ -195,7 +200,7 @@ def fit(
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
                                                      torch.from_numpy(y_val)).item())
         epoch_seconds = time.perf_counter() - t0
-        if epoch == 0 and budget.seconds is not None and not step_planned:
+        if plan and epoch == 0 and budget.seconds is not None and not step_planned:
             planned = plan_epochs(budget.left(), epoch_seconds * PLAN_MARGIN, done=1, cap=cfg.epochs)
             if planned >= 2:
                 total_steps = planned * steps_per_epoch

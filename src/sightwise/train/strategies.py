@@ -130,12 +130,14 @@ def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) ->
         if k and not budget.allows(MIN_FINETUNE_SECONDS):
             log(f"{name}: budget spent after {k} of {n} members")
             break
-        share = Budget(None if budget.seconds is None else budget.left() / (n - k))
-        # Later members follow the first one's schedule (they re-plan only if it cannot fit).
+        # The first member plans its schedule in a 1/n share of the budget; the others train
+        # the same number of epochs without planning again (a re-plan on a slightly slower
+        # epoch could round down to another schedule): only the whole budget stops them.
+        share = Budget(None if budget.seconds is None else budget.left() / n) if k == 0 else budget
         member_cfg = replace(cfg, seed=cfg.seed + k, epochs=epochs)
         model = new_model(member_cfg, num_classes, pretrained)
         res = fit(model, train, val, pre, member_cfg, share, lr=lr, head_lr=head_lr,
-                  desc=name if n == 1 else f"{name} {k + 1}/{n}")
+                  desc=name if n == 1 else f"{name} {k + 1}/{n}", plan=k == 0)
         log(f"{name}{'' if n == 1 else f' member {k + 1}/{n}'}: best val accuracy "
             f"{res.best_val_accuracy:.4f} at epoch {res.best_epoch} of {res.epochs_run} "
             f"({res.stopped_by}; {res.images_per_second:.1f} img/s)")
