@@ -107,3 +107,5 @@ def test_members_follow_the_first_members_budget_plan(tmp_path, monkeypatch):
     assert [m["epochs"] for m in members] == [2, 2, 2]
     assert calls == [4]  # only the first member plans; the others run its plan
     assert any("the budget holds 2 epochs per member (of --epochs 4" in line for line in log)
+    assert [m["stopped_by"] for m in members] == ["budget"] * 3
+    assert any("member 3/3" in line and "(budget;" in line for line in log)

@@ -138,6 +138,8 @@ def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) ->
         model = new_model(member_cfg, num_classes, pretrained)
         res = fit(model, train, val, pre, member_cfg, share, lr=lr, head_lr=head_lr,
                   desc=name if n == 1 else f"{name} {k + 1}/{n}", plan=k == 0)
+        if k and epochs < cfg.epochs and res.stopped_by == "epochs":
+            res.stopped_by = "budget"  # it ran the plan the budget set for the first member
         log(f"{name}{'' if n == 1 else f' member {k + 1}/{n}'}: best val accuracy "
             f"{res.best_val_accuracy:.4f} at epoch {res.best_epoch} of {res.epochs_run} "
             f"({res.stopped_by}; {res.images_per_second:.1f} img/s)")
@@ -145,8 +147,6 @@ def _finetune(cfg, pre, cache, num_classes, budget, log, *, pretrained: bool) ->
             epochs = res.planned_epochs
             log(f"{name}: the budget holds {epochs} epochs{' per member' if n > 1 else ''} "
                 f"(of --epochs {cfg.epochs}; first epoch {res.history[0]['seconds']:.1f} s)")
-        elif k and epochs < cfg.epochs and res.stopped_by == "epochs":
-            res.stopped_by = "budget"  # it ran the plan the budget set for the first member
         members.append(model)
         infos.append({"seed": member_cfg.seed, "val_accuracy": res.best_val_accuracy,
                       "epochs": res.epochs_run, "planned_epochs": res.planned_epochs,
