@@ -87,7 +87,7 @@ def test_a_plan_with_no_whole_epoch_left_fits_the_cosine_to_the_remaining_steps(
     x, y = _toy(64)
     monkeypatch.setattr(finetune, "plan_epochs", lambda left, sec, *, done, cap: 1)
     seen = []
-    monkeypatch.setattr(finetune, "_plan", lambda *a: seen.append(a) or (24, 2))
+    monkeypatch.setattr(finetune, "_plan", lambda *a: seen.append(a) or (24, 2, 2))
     cfg = TrainConfig(data="-", out=str(tmp_path), epochs=10, batch_size=8, progress=False,
                       augment="none")
     res = fit(build_classifier("small_resnet", 2, pretrained=False), (x, y), (x[:8], y[:8]),

@@ -188,9 +188,9 @@ def fit(
                 per_step = (time.perf_counter() - t_fit) / step
                 if budget.left() < 2 * steps_per_epoch * per_step:
                     # Not even two epochs fit: fit the schedule to the steps that do.
-                    total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
-                                                      step, steps_per_epoch, cfg)
-                    planned, step_planned = math.ceil(total_steps / steps_per_epoch), True
+                    total_steps, warmup_steps, planned = _plan(
+                        budget, time.perf_counter() - t_fit, step, steps_per_epoch, cfg)
+                    step_planned = True
             if budget.left() <= 0 or step >= total_steps:  # even mid-way through an epoch
                 break
         t_train += time.perf_counter() - t0
@@ -207,9 +207,8 @@ def fit(
                 if warmup_steps > step:  # a warm-up still running ends an epoch before the plan
                     warmup_steps = min(warmup_steps, total_steps - steps_per_epoch)
             else:  # no whole epoch fits: fit the cosine to the steps that still do
-                total_steps, warmup_steps = _plan(budget, time.perf_counter() - t_fit,
-                                                  step, steps_per_epoch, cfg)
-                planned = math.ceil(total_steps / steps_per_epoch)
+                total_steps, warmup_steps, planned = _plan(
+                    budget, time.perf_counter() - t_fit, step, steps_per_epoch, cfg)
             bar.total = planned
         best.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses or [0])),
                              "val_accuracy": val_acc, "val_loss": val_loss,
@@ -270,15 +269,16 @@ PLAN_AFTER_STEPS = 5
 
 
 def _plan(budget: Budget, seconds: float, steps: int, steps_per_epoch: int,
-          cfg: TrainConfig) -> tuple[int, int]:
+          cfg: TrainConfig) -> tuple[int, int, int]:
     """Fit the cosine schedule to the steps the budget can hold, so the learning rate has
     decayed when time runs out instead of being cut off near its peak; warm-up is then at
-    most a tenth of the run. Validation costs about a tenth of an epoch: leave room for it."""
+    most a tenth of the run. Validation costs about a tenth of an epoch: leave room for it.
+    Returns (total steps, warm-up steps, epochs they span)."""
     per_step = seconds / steps * 1.1
     fits = steps + int(budget.left() / per_step)
     total = max(steps + 1, min(cfg.epochs * steps_per_epoch, fits))
     warmup = max(1, min(int(cfg.warmup_epochs * steps_per_epoch), total // 10))
-    return total, warmup
+    return total, warmup, math.ceil(total / steps_per_epoch)
 
 
 def _freeze_bn_stats(model: nn.Module) -> None:

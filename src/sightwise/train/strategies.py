@@ -4,8 +4,9 @@ while the budget lasts, keep the better on validation).
 On small training sets a fine-tune's test result swings by several points with the seed
 alone (data order, augmentation): BreastMNIST's 546 images gave test AUC 0.843, 0.899 and
 0.877 for seeds 0-2 of the same recipe. So below ENSEMBLE_MAX_TRAIN training images
-fine-tuning trains ENSEMBLE_MEMBERS members on seeds seed, seed+1, ..., each with an equal
-share of the budget left, and keeps their average (`average_of`, one network to export).
+fine-tuning trains ENSEMBLE_MEMBERS members on seeds seed, seed+1, ...: the first plans its
+schedule in a 1/n share of the budget, the others run the same plan, and their average is
+kept (`average_of`, one network to export).
 Each member keeps its best validation epoch (keeping the last epoch instead gave BreastMNIST
 test accuracy / AUC 0.840 / 0.882 against 0.859 / 0.916, one run each; a rerun of the
 same command gave 0.846 / 0.896, so that is weak evidence). By default
