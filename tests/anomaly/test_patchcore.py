@@ -83,3 +83,28 @@ def test_image_score_leaves_out_the_border_but_the_map_keeps_it():
     np.testing.assert_array_equal(whole, plain)
     with pytest.raises(ValueError, match="border"):
         PatchCore(1.0, border=-1)
+
+
+def test_content_grids_limit_the_bank_and_the_image_score():
+    # A letterboxed image's mirrored fill is neither banked nor scored: the bank holds only
+    # content patches, and the image score is the maximum over the content shrunk by the
+    # border (the map still covers the whole input).
+    rng = np.random.default_rng(5)
+    feats = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    content = np.zeros((2, 8, 8), bool)
+    content[0, 2:6, :] = True  # a wide image: rows 2-5
+    content[1, :, 1:7] = True  # a tall one: columns 1-6
+    core = PatchCore(1.0, border=1).fit(feats, content)
+    expected_bank = feats.transpose(0, 2, 3, 1)[content]
+    np.testing.assert_array_equal(core.memory_bank, expected_bank)
+    test = rng.normal(size=(2, 3, 8, 8)).astype(np.float32)
+    scores, maps = core.score(test, content)
+    q = test.transpose(0, 2, 3, 1).reshape(-1, 3)
+    exact = np.sqrt(((q[:, None] - expected_bank[None]) ** 2).sum(-1)).min(1).reshape(2, 8, 8)
+    np.testing.assert_allclose(maps, exact, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores, [exact[0, 3:5, 1:7].max(), exact[1, 1:7, 2:6].max()], rtol=1e-5)
+    # a border that would leave nothing falls back to the whole content
+    thin = np.zeros((1, 8, 8), bool)
+    thin[0, 4, :] = True
+    s, m = PatchCore(1.0, border=2).set_bank(expected_bank).score(test[:1], thin)
+    assert s[0] == pytest.approx(m[0, 4].max())

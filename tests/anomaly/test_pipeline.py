@@ -35,7 +35,7 @@ def test_onnx_extractor_matches_torch(detector_dir, inspection_data):
     torch.set_num_threads(1)
     det = Detector(detector_dir, threads=1)
     files = sorted(inspection_data["test_good"].iterdir())[:3]
-    x, _ = load_batch(files, det.pre)
+    x, _, _ = load_batch(files, det.pre)
     onnx_f = det.session.run(["features"], {"image": x})[0]
     ref = torch_features(build_extractor(), x)
     assert onnx_f.shape == (3, 472, 8, 8)
@@ -70,7 +70,7 @@ def test_heatmap_is_hotter_on_the_planted_defect(detector_dir, inspection_data, 
     image = Image.open(defect)
     r = det.inspect([image])[0]
     assert r.verdict == "defect"
-    heat = det.pixel_map(r.patch_map)
+    heat = det.pixel_map(r.patch_map, image.size)  # the image's own part, stretched to 64 x 64
     small = np.asarray(Image.fromarray(planted_mask).resize((64, 64), Image.Resampling.NEAREST))
     assert heat[small].mean() > 1.5 * heat[~small].mean()  # 8x8 patch grid: coarse
     over = det.overlay(image, r.patch_map)
@@ -153,3 +153,29 @@ def test_inspect_route(detector_dir, inspection_data):
     assert r.headers["content-type"] == "image/png" and r.headers["x-verdict"] == "defect"
     assert float(r.headers["x-threshold"]) == pytest.approx(Detector(detector_dir).threshold, rel=1e-5)
     assert client.post("/v1/inspect", content=b"junk").status_code == 400
+
+
+def test_content_grid_marks_the_patches_on_the_image():
+    from sightwise.anomaly.detector import content_grid
+    from sightwise.data.preprocess import Preprocessing
+
+    pre = Preprocessing(size=64, resize="letterbox")
+    # 128 x 64 image -> 64 x 32 band in rows 16..47; 8 x 8 grid of 8-px cells
+    grid = content_grid(pre, [(128, 64), (64, 64)], (8, 8))
+    assert grid[0].sum(axis=1).tolist() == [0, 0, 8, 8, 8, 8, 0, 0]
+    assert grid[1].all()
+    assert content_grid(Preprocessing(size=64), [(128, 64)], (8, 8)).all()  # stretch: all
+
+
+def test_pixel_map_is_the_images_own_part_of_the_input(detector_dir):
+    from sightwise.anomaly.detector import smooth_map
+    from sightwise.heatmap import upsample
+
+    det = Detector(detector_dir, threads=1)
+    assert det.pre.resize == "letterbox"  # the default for `inspect fit`
+    patch_map = np.random.default_rng(0).random((8, 8)).astype(np.float32)
+    left, top, w, h = det.pre.content_box(72, 64)
+    assert (left, top, w, h) == (0, 3, 64, 57)
+    ref = upsample(smooth_map(patch_map, 64)[top:top + h, left:left + w], (64, 64))
+    np.testing.assert_allclose(det.pixel_map(patch_map, (72, 64)), ref)
+    np.testing.assert_allclose(det.pixel_map(patch_map, (50, 50)), smooth_map(patch_map, 64))

@@ -78,7 +78,23 @@ def test_center_crop_cuts_the_sides_that_stretch_keeps():
     assert (stretch[:, 0, 2] > 200).all() and (stretch[:, -1, 2] > 200).all()  # blue kept
 
 
-@pytest.mark.parametrize("mode", ["stretch", "center-crop"])
+@pytest.mark.parametrize("w, h", [(592, 246), (121, 289), (50, 50)])
+def test_letterbox_keeps_the_aspect_ratio_and_mirrors_the_image_into_the_rest(w, h):
+    img = _noise(w, h, seed=w)
+    pre = Preprocessing(size=64, resize="letterbox")
+    out = resize_rgb(img, pre)
+    left, top, bw, bh = pre.content_box(w, h)
+    assert max(bw, bh) == 64 and abs(bw / bh - w / h) < 0.05 * (w / h) + 1 / min(bw, bh)
+    inner = np.asarray(img.resize((bw, bh), Image.Resampling.BICUBIC))
+    assert np.array_equal(out[top:top + bh, left:left + bw], inner)
+    # the fill is the image mirrored about its edges (numpy's "symmetric" padding)
+    ref = np.pad(inner, ((top, 64 - bh - top), (left, 64 - bw - left), (0, 0)), mode="symmetric")
+    assert np.array_equal(out, ref)
+    if top:
+        assert np.array_equal(out[top - 1], inner[0])  # the row above the image repeats its first row
+
+
+@pytest.mark.parametrize("mode", ["stretch", "center-crop", "letterbox"])
 def test_same_size_square_is_unchanged(mode):
     img = _noise(32, 32)
     out = resize_rgb(img, Preprocessing(size=32, resize=mode))
@@ -87,7 +103,7 @@ def test_same_size_square_is_unchanged(mode):
 
 @settings(max_examples=40, deadline=None)
 @given(w=st.integers(1, 300), h=st.integers(1, 300), size=st.integers(8, 48),
-       mode=st.sampled_from(["stretch", "center-crop"]))
+       mode=st.sampled_from(["stretch", "center-crop", "letterbox"]))
 def test_any_shape_becomes_size_by_size(w, h, size, mode):
     out = resize_rgb(Image.new("RGB", (w, h), (10, 20, 30)), Preprocessing(size=size, resize=mode))
     assert out.shape == (size, size, 3) and out.dtype == np.uint8

@@ -44,7 +44,7 @@ def test_package_files(exported):
     assert imported - set(sys.stdlib_module_names) - {"__future__"} == {"numpy", "onnxruntime", "PIL"}
 
 
-@pytest.mark.parametrize("resize", ["stretch", "center-crop"])
+@pytest.mark.parametrize("resize", ["stretch", "center-crop", "letterbox"])
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 @pytest.mark.parametrize("shape", [(50, 80), (81, 33), (64, 64), (7, 300)])
 def test_edge_resize_and_normalise_equal_sightwise(exported, resize, interpolation, shape):

@@ -23,6 +23,8 @@ def fit(
     out: A[Path, Opt("--out", help="Detector bundle folder to write.")],
     backbone: A[str, Opt("--backbone")] = "efficientnet_lite0",
     img_size: A[int, Opt("--img-size")] = 224,
+    resize: A[str, Opt("--resize", help="letterbox (keep the aspect ratio, mirror-fill the "
+                       "square) | stretch")] = "letterbox",
     coreset: A[float, Opt("--coreset", help="Fraction of the memory bank kept.")] = 0.1,
     false_alarm_rate: A[float, Opt("--false-alarm-rate")] = 0.01,
     defects: A[Path | None, Opt("--defects", help="Defect images (optional).")] = None,
@@ -39,7 +41,7 @@ def fit(
     """Fit a detector on good images; threshold at the false-alarm rate on a held-out part."""
     from sightwise.anomaly.fit import FitConfig, fit_detector
 
-    cfg = FitConfig(backbone=backbone, img_size=img_size, coreset=coreset,
+    cfg = FitConfig(backbone=backbone, img_size=img_size, resize=resize, coreset=coreset,
                     false_alarm_rate=false_alarm_rate, holdout=holdout, seed=seed,
                     threshold_mode=threshold_mode, threads=threads, max_images=max_images,
                     pad=reflect_pad, border=border)

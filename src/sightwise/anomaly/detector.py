@@ -19,7 +19,7 @@ from scipy.ndimage import gaussian_filter
 
 from sightwise.anomaly.patchcore import PatchCore
 from sightwise.bundle import Bundle, load_bundle
-from sightwise.data.preprocess import normalize, resize_rgb
+from sightwise.data.preprocess import Preprocessing, normalize, resize_rgb
 from sightwise.errors import BundleError
 from sightwise.heatmap import colorize, upsample
 from sightwise.runtime.predictor import make_session
@@ -31,7 +31,20 @@ SIGMA = 4.0  # PatchCore's Gaussian smoothing of the upsampled map
 class Inspection:
     score: float
     verdict: str  # "ok" | "defect"
-    patch_map: np.ndarray  # (h, w) raw patch distances
+    patch_map: np.ndarray  # (h, w) raw patch distances on the network's input square
+
+
+def content_grid(pre: Preprocessing, sizes: Sequence[tuple[int, int]], grid: tuple[int, int]) -> np.ndarray:
+    """(N, h, w) bool: the patches whose centre lies on the image itself (under letterbox
+    the rest of the input square is mirrored fill), for images of (width, height) `sizes`."""
+    h, w = grid
+    ys = (np.arange(h) + 0.5) * pre.size / h
+    xs = (np.arange(w) + 0.5) * pre.size / w
+    out = np.zeros((len(sizes), h, w), bool)
+    for k, size in enumerate(sizes):
+        left, top, bw, bh = pre.content_box(*size)
+        out[k] = ((ys >= top) & (ys < top + bh))[:, None] & ((xs >= left) & (xs < left + bw))[None, :]
+    return out
 
 
 def load_memory(path: Path) -> np.ndarray:
@@ -66,17 +79,26 @@ class Detector:
             out.append(self.session.run(["features"], {"image": normalize(arr, self.pre)})[0])
         return np.concatenate(out) if out else np.zeros((0, 1, 1, 1), np.float32)
 
-    def score_features(self, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.core.score(feats)
-
     def inspect(self, images: Sequence[Image.Image]) -> list[Inspection]:
-        scores, maps = self.core.score(self.features(images)) if images else ([], [])
+        if not images:
+            return []
+        feats = self.features(images)
+        content = content_grid(self.pre, [im.size for im in images], feats.shape[2:])
+        scores, maps = self.core.score(feats, content)
         return [Inspection(float(s), "defect" if s > self.threshold else "ok", m)
                 for s, m in zip(scores, maps, strict=True)]
 
-    def pixel_map(self, patch_map: np.ndarray) -> np.ndarray:
-        """Smoothed (S, S) map at the network's input resolution (used for pixel metrics)."""
-        return smooth_map(patch_map, self.pre.size)
+    def pixel_map(self, patch_map: np.ndarray, image_size: tuple[int, int] | None = None) -> np.ndarray:
+        """Smoothed (S, S) map of the image (used for pixel metrics, against masks resized
+        to S x S): at the network's input resolution, and for a letterboxed image of
+        (width, height) `image_size` its own part of the input, stretched to S x S."""
+        heat = smooth_map(patch_map, self.pre.size)
+        if image_size is None:
+            return heat
+        left, top, w, h = self.pre.content_box(*image_size)
+        if (w, h) == (self.pre.size, self.pre.size):
+            return heat
+        return upsample(heat[top:top + h, left:left + w], (self.pre.size, self.pre.size))
 
     def overlay(self, image: Image.Image, patch_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
         """Heat map over `image` at the image's own size. The colour scale runs from 0 to
@@ -84,7 +106,7 @@ class Detector:
         stretched to the map's maximum when that is higher, so a defect's location stays
         visible instead of saturating."""
         base = image.convert("RGB")
-        heat = upsample(self.pixel_map(patch_map), base.size)
+        heat = upsample(self.pixel_map(patch_map, base.size), base.size)
         top = max(2.0 * self.threshold, float(heat.max()), 1e-12)
         coloured = Image.fromarray(colorize(np.clip(heat / top, 0.0, 1.0)))
         return Image.blend(base, coloured, alpha)

@@ -40,7 +40,7 @@ def _score_set(det: Detector, files: list[Path], batch: int = 16):
                 print(f"skipped {f}: {exc}")
         for f, im, r in zip(ok, ims, det.inspect(ims), strict=True):
             scores.append(r.score)
-            pixel_maps.append(det.pixel_map(r.patch_map).astype(np.float32))
+            pixel_maps.append(det.pixel_map(r.patch_map, im.size).astype(np.float32))
             kept.append(f)
             images.append((im.copy(), r.patch_map))
     return np.asarray(scores), pixel_maps, kept, images

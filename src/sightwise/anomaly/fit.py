@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sightwise.anomaly.detector import SIGMA, Detector
+from sightwise.anomaly.detector import SIGMA, Detector, content_grid
 from sightwise.anomaly.extractor import (
     DEFAULT_PAD,
     DEFAULT_STAGES,
@@ -39,6 +39,9 @@ PARITY_TOL = 1e-4
 class FitConfig:
     backbone: str = "efficientnet_lite0"
     img_size: int = 224
+    # letterbox keeps each image's aspect ratio: magnetic tile's crops run from 0.4:1 to
+    # 2.4:1, and stretching each to a square changes its texture's proportions (see README)
+    resize: str = "letterbox"
     coreset: float = 0.1
     false_alarm_rate: float = 0.01
     holdout: float = 0.2
@@ -62,18 +65,21 @@ def split_good(files: list[Path], cfg: FitConfig) -> tuple[list[Path], list[Path
     return [files[i] for i in sorted(order[n_hold:])], [files[i] for i in sorted(order[:n_hold])]
 
 
-def load_batch(files: list[Path], pre) -> tuple[np.ndarray, list[Path]]:
-    """Decode + resize + normalise; unreadable files are skipped and reported."""
-    arrs, kept = [], []
+def load_batch(files: list[Path], pre) -> tuple[np.ndarray, list[Path], list[tuple[int, int]]]:
+    """Decode + resize + normalise; unreadable files are skipped and reported.
+    -> (inputs, the files kept, their (width, height))."""
+    arrs, kept, sizes = [], [], []
     for f in files:
         try:
-            arrs.append(resize_rgb(decode_image(f), pre))
+            img = decode_image(f)
+            arrs.append(resize_rgb(img, pre))
             kept.append(f)
+            sizes.append(img.size)
         except ImageDecodeError as exc:
             print(f"skipped {f}: {exc}")
     if not arrs:
         raise ValueError("no readable images")
-    return normalize(np.stack(arrs), pre), kept
+    return normalize(np.stack(arrs), pre), kept, sizes
 
 
 def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig(),
@@ -87,30 +93,30 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
         torch.set_num_threads(int(cfg.threads))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    pre = replace(get_spec(cfg.backbone).preprocessing, size=cfg.img_size)
+    pre = replace(get_spec(cfg.backbone).preprocessing, size=cfg.img_size, resize=cfg.resize)
     fit_files, held = split_good(list_images(good), cfg)
 
     model = build_extractor(cfg.backbone, cfg.stages, pad=cfg.pad)
     export_extractor(model, cfg.img_size, out / "extractor.onnx")
     parity = _check_parity(model, out / "extractor.onnx", load_batch(fit_files[:2], pre)[0], cfg)
 
-    x_fit, fit_files = load_batch(fit_files, pre)
+    x_fit, fit_files, sizes = load_batch(fit_files, pre)
     feats = _onnx_features(out / "extractor.onnx", x_fit, cfg.threads)
-    core = PatchCore(cfg.coreset, seed=cfg.seed, threads=cfg.threads, border=cfg.border).fit(feats)
+    content = content_grid(pre, sizes, feats.shape[2:])
+    core = PatchCore(cfg.coreset, seed=cfg.seed, threads=cfg.threads, border=cfg.border).fit(
+        feats, content)
     buf = io.BytesIO()
     np.save(buf, core.memory_bank, allow_pickle=False)
     atomic_write_bytes(out / "memory.npy", buf.getvalue())
 
-    x_held, held = load_batch(held, pre)
-    held_scores = core.score(_onnx_features(out / "extractor.onnx", x_held, cfg.threads))[0]
+    held_scores = _scores(core, out / "extractor.onnx", held, pre, cfg.threads)
     thresholds = {"far": {"value": far_threshold(held_scores, cfg.false_alarm_rate),
                           "target_false_alarm_rate": cfg.false_alarm_rate}}
     metrics = {"n_fit": len(fit_files), "n_holdout": len(held), "memory_bank": len(core.memory_bank),
-               "patches_total": int(feats.shape[0] * feats.shape[2] * feats.shape[3]),
+               "patches_total": int(content.sum()),  # the images' own patches, before the coreset
                "onnx_max_abs_diff": parity}
     if defects is not None:
-        x_def, _ = load_batch(list_images(defects), pre)
-        def_scores = core.score(_onnx_features(out / "extractor.onnx", x_def, cfg.threads))[0]
+        def_scores = _scores(core, out / "extractor.onnx", list_images(defects), pre, cfg.threads)
         s = np.concatenate([held_scores, def_scores])
         y = np.r_[np.zeros(len(held_scores), bool), np.ones(len(def_scores), bool)]
         t, f1 = f1_threshold(s, y)
@@ -131,11 +137,18 @@ def _meta(cfg, pre, shape, chosen, thresholds, metrics) -> dict:
                     "grid": [int(shape[2]), int(shape[3])], "coreset": cfg.coreset,
                     "projection_dim": 128, "seed": cfg.seed, "smoothing_sigma": SIGMA,
                     "border": cfg.border,
-                    "image_score": f"max patch distance inside a {cfg.border}-patch border"},
+                    "image_score": f"max patch distance over the image's own patches, "
+                                   f"{cfg.border} in from its edges"},
         "threshold": chosen, "threshold_mode": cfg.threshold_mode, "thresholds": thresholds,
         "metrics": metrics, "config": {k: (list(v) if isinstance(v, tuple) else v)
                                        for k, v in cfg.__dict__.items()},
     }
+
+
+def _scores(core: PatchCore, extractor: Path, files: list[Path], pre, threads) -> np.ndarray:
+    x, _, sizes = load_batch(files, pre)
+    feats = _onnx_features(extractor, x, threads)
+    return core.score(feats, content_grid(pre, sizes, feats.shape[2:]))[0]
 
 
 def _onnx_features(path: Path, x: np.ndarray, threads: int | None, batch: int = 16) -> np.ndarray:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import faiss
 import numpy as np
+from scipy.ndimage import binary_erosion
 
 
 def kcenter_greedy(x: np.ndarray, k: int, *, seed: int = 0, proj_dim: int = 128) -> np.ndarray:
@@ -99,8 +100,12 @@ class PatchCore:
         self.memory_bank: np.ndarray | None = None
         self._index = None
 
-    def fit(self, features: np.ndarray) -> PatchCore:
+    def fit(self, features: np.ndarray, content: np.ndarray | None = None) -> PatchCore:
+        """Bank the patches of (N, C, h, w) `features`; with `content` (N, h, w) bool, only
+        the patches that lie on the image (not on a letterbox's mirrored fill)."""
         patches = flatten_patches(features) if features.ndim == 4 else np.asarray(features, np.float32)
+        if content is not None:
+            patches = patches[np.asarray(content, bool).reshape(-1)]
         if self.coreset < 1.0:
             k = max(1, int(round(self.coreset * len(patches))))
             patches = patches[kcenter_greedy(patches, k, seed=self.seed, proj_dim=self.proj_dim)]
@@ -114,10 +119,13 @@ class PatchCore:
         self._index.add(self.memory_bank)
         return self
 
-    def score(self, features: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    def score(self, features: np.ndarray, content: np.ndarray | None = None,
+              batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
         """-> (image_scores (N,), patch score maps (N, h, w)): Euclidean distance of each
         patch to its nearest memory-bank entry; image score = the map's maximum inside
-        `border` (the whole map when the border would leave nothing)."""
+        `border` (the whole map when the border would leave nothing). With `content`
+        (N, h, w) bool the maximum is taken over the image's own patches, `border` patches
+        in from its edges."""
         if self._index is None:
             raise RuntimeError("PatchCore.score called before fit")
         n, _, h, w = features.shape
@@ -127,9 +135,24 @@ class PatchCore:
             dist, _ = self._index.search(flatten_patches(chunk), 1)
             # IndexFlatL2 returns squared distances; clip tiny negatives from rounding.
             maps[s:s + len(chunk)] = np.sqrt(np.maximum(dist[:, 0], 0.0)).reshape(-1, h, w)
-        b = self.border if min(h, w) > 2 * self.border else 0
-        inner = maps[:, b:h - b, b:w - b]
-        return inner.reshape(n, -1).max(axis=1) if n else np.zeros(0, np.float32), maps
+        if not n:
+            return np.zeros(0, np.float32), maps
+        if content is None:
+            content = np.ones((n, h, w), bool)
+        inner = [_inner(c, self.border) for c in np.asarray(content, bool)]
+        return np.array([m[c].max() for m, c in zip(maps, inner, strict=True)], np.float32), maps
+
+
+def _inner(content: np.ndarray, border: int) -> np.ndarray:
+    """`content` (h, w) shrunk by `border` cells on every side (the map's edge counts as an
+    edge); the whole content when that leaves nothing, the whole map when there is none."""
+    if not content.any():
+        return np.ones_like(content)
+    if border:
+        shrunk = binary_erosion(np.pad(content, border), iterations=border)[border:-border, border:-border]
+        if shrunk.any():
+            return shrunk
+    return content
 
 
 def far_threshold(good_scores: np.ndarray, rate: float) -> float:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from PIL import Image
 
+RESIZE_MODES = ("stretch", "center-crop", "letterbox")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -20,7 +21,10 @@ class Preprocessing:
     """How an RGB image becomes the network's input.
 
     `resize="stretch"` resizes the whole image to size x size (nothing cropped: a defect at
-    the border stays visible); `"center-crop"` resizes the short side then crops the centre.
+    the border stays visible); `"center-crop"` resizes the short side then crops the centre;
+    `"letterbox"` resizes the long side to `size`, keeping the aspect ratio, and fills the
+    rest of the square by mirroring the image (so textures keep their proportions and the
+    network sees no artificial edge); `content_box` says where the image lies.
     """
 
     size: int = 224
@@ -30,7 +34,7 @@ class Preprocessing:
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
     def __post_init__(self) -> None:
-        if self.resize not in ("stretch", "center-crop"):
+        if self.resize not in RESIZE_MODES:
             raise ValueError(f"unknown resize mode {self.resize!r}")
         if self.interpolation not in _RESAMPLE:
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
@@ -39,6 +43,20 @@ class Preprocessing:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def content_box(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(left, top, width, height) of a `width` x `height` image inside the network's
+        size x size input: the whole square except under letterbox.
+
+        >>> Preprocessing(size=224, resize="letterbox").content_box(592, 246)
+        (0, 65, 224, 93)
+        """
+        s = self.size
+        if self.resize != "letterbox":
+            return 0, 0, s, s
+        scale = s / max(width, height)
+        nw, nh = max(1, min(s, round(width * scale))), max(1, min(s, round(height * scale)))
+        return (s - nw) // 2, (s - nh) // 2, nw, nh
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
@@ -62,6 +80,10 @@ def resize_rgb(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         img = img.resize((nw, nh), resample)
         left, top = (nw - s) // 2, (nh - s) // 2
         img = img.crop((left, top, left + s, top + s))
+    elif pre.resize == "letterbox":
+        left, top, nw, nh = pre.content_box(*img.size)
+        inner = np.asarray(img.resize((nw, nh), resample), dtype=np.uint8)
+        return np.pad(inner, ((top, s - nh - top), (left, s - nw - left), (0, 0)), mode="symmetric")
     else:
         img = img.resize((s, s), resample)
     return np.asarray(img, dtype=np.uint8)

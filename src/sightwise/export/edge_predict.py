@@ -51,8 +51,16 @@ def load_image(path: str) -> Image.Image:
 
 
 def resize_rgb(img: Image.Image, pre: dict) -> np.ndarray:
-    """RGB image -> uint8 (size, size, 3): "stretch" or "center-crop" (short side)."""
+    """RGB image -> uint8 (size, size, 3): "stretch", "center-crop" (short side) or
+    "letterbox" (long side, the rest mirrored)."""
     s, resample = int(pre["size"]), RESAMPLE[pre["interpolation"]]
+    if pre["resize"] == "letterbox":
+        w, h = img.size
+        scale = s / max(w, h)
+        nw, nh = max(1, min(s, round(w * scale))), max(1, min(s, round(h * scale)))
+        left, top = (s - nw) // 2, (s - nh) // 2
+        inner = np.asarray(img.resize((nw, nh), resample), dtype=np.uint8)
+        return np.pad(inner, ((top, s - nh - top), (left, s - nw - left), (0, 0)), mode="symmetric")
     if pre["resize"] == "center-crop":
         w, h = img.size
         scale = s / min(w, h)
