@@ -4,7 +4,8 @@ Split (seeded): 400 of the `Free` images to fit on (the detector holds out 20 % 
 its threshold), the other `Free` images as good test images, every other class as defects
 with their masks. The folders are symlinks under --work; then `inspect fit` and
 `inspect evaluate` run as a user would run them.
-Usage: python bench/magnetic_tile.py [--work runs/magnetic-tile] [--threads 2]  (about 15 min on 2 cores)
+Usage: python bench/magnetic_tile.py [--work runs/magnetic-tile] [--threads 2]
+       [--figure docs/figures/magnetic_tile_heatmaps.png]  (about 7 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -39,12 +40,47 @@ def link_split(work: Path, n_fit: int = 400, seed: int = 0) -> tuple[Path, Path,
     return fit, good, defects
 
 
+def heatmap_figure(detector: Path, good: Path, defects: Path, out: Path, per_class: int = 2) -> None:
+    """Seeded `per_class` defects of each class and two good tiles, each overlaid with its
+    heat map at its own size and titled with its score and verdict at the threshold."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from sightwise.anomaly.detector import Detector
+
+    det = Detector(detector)
+    rng = np.random.default_rng(0)
+    picks = []
+    for cls in sorted(d for d in defects.iterdir() if d.is_dir()):
+        files = sorted(cls.glob("*.jpg"))
+        picks += [(cls.name, files[i]) for i in sorted(rng.choice(len(files), per_class, replace=False))]
+    goods = sorted(good.glob("*.jpg"))
+    picks += [("good", goods[i]) for i in sorted(rng.choice(len(goods), per_class, replace=False))]
+    cols = 2 * per_class * 3 // 2 if len(picks) > 6 else len(picks)
+    rows = -(-len(picks) // cols)
+    fig = Figure(figsize=(2.3 * cols, 2.9 * rows), layout="constrained")
+    for k, (name, f) in enumerate(picks):
+        image = Image.open(f).convert("RGB")
+        r = det.inspect([image])[0]
+        ax = fig.add_subplot(rows, cols, k + 1)
+        ax.imshow(det.overlay(image, r.patch_map))
+        ax.set_title(f"{name}: {r.verdict}\nscore {r.score:.1f} (t={det.threshold:.1f})", fontsize=9)
+        ax.set_axis_off()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("runs/magnetic-tile"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--figure", type=Path, help="also draw the README's heat-map figure here")
+    ap.add_argument("--figure-only", action="store_true", help="draw it from an existing --work detector")
     args = ap.parse_args()
     fit, good, defects = link_split(args.work)
+    if args.figure_only:
+        heatmap_figure(args.work / "detector", good, defects, args.figure)
+        return
     t0 = time.perf_counter()
     meta = fit_detector(fit, args.work / "detector", FitConfig(threads=args.threads))
     t_fit = time.perf_counter() - t0
@@ -57,6 +93,8 @@ def main() -> None:
     print(f"fit {t_fit:.0f} s ({meta['metrics']['n_fit']} images, bank {meta['metrics']['memory_bank']}), "
           f"evaluate {t_eval:.0f} s ({res['n_good'] + res['n_defect']} images, "
           f"{(res['n_good'] + res['n_defect']) / t_eval:.1f} img/s incl. heat maps and report)")
+    if args.figure:
+        heatmap_figure(args.work / "detector", good, defects, args.figure)
 
 
 if __name__ == "__main__":
