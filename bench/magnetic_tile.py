@@ -44,9 +44,9 @@ def heatmap_figure(detector: Path, good: Path, defects: Path, out: Path, per_cla
     """Seeded `per_class` defects of each class and two good tiles, each overlaid with its
     heat map at its own size and titled with its score and verdict at the threshold."""
     from matplotlib.figure import Figure
-    from PIL import Image
 
     from sightwise.anomaly.detector import Detector
+    from sightwise.data.decode import decode_image
 
     det = Detector(detector)
     rng = np.random.default_rng(0)
@@ -60,7 +60,7 @@ def heatmap_figure(detector: Path, good: Path, defects: Path, out: Path, per_cla
     rows = -(-len(picks) // cols)
     fig = Figure(figsize=(2.3 * cols, 2.9 * rows), layout="constrained")
     for k, (name, f) in enumerate(picks):
-        image = Image.open(f).convert("RGB")
+        image = decode_image(f)  # as score / evaluate read it (EXIF orientation applied)
         r = det.inspect([image])[0]
         ax = fig.add_subplot(rows, cols, k + 1)
         ax.imshow(det.overlay(image, r.patch_map))
@@ -79,6 +79,8 @@ def main() -> None:
     args = ap.parse_args()
     fit, good, defects = link_split(args.work)
     if args.figure_only:
+        if args.figure is None:
+            ap.error("--figure-only needs --figure PATH")
         heatmap_figure(args.work / "detector", good, defects, args.figure)
         return
     t0 = time.perf_counter()

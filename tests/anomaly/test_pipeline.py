@@ -168,14 +168,41 @@ def test_content_grid_marks_the_patches_on_the_image():
 
 
 def test_pixel_map_is_the_images_own_part_of_the_input(detector_dir):
-    from sightwise.anomaly.detector import smooth_map
-    from sightwise.heatmap import upsample
+    from sightwise.anomaly.detector import content_grid, smooth_map
 
     det = Detector(detector_dir, threads=1)
     assert det.pre.resize == "letterbox"  # the default for `inspect fit`
-    patch_map = np.random.default_rng(0).random((8, 8)).astype(np.float32)
-    left, top, w, h = det.pre.content_box(72, 64)
-    assert (left, top, w, h) == (0, 3, 64, 57)
-    ref = upsample(smooth_map(patch_map, 64)[top:top + h, left:left + w], (64, 64))
-    np.testing.assert_allclose(det.pixel_map(patch_map, (72, 64)), ref)
-    np.testing.assert_allclose(det.pixel_map(patch_map, (50, 50)), smooth_map(patch_map, 64))
+    assert det.pre.content_box(72, 64) == (0, 3, 64, 57)
+    content = content_grid(det.pre, [(72, 64)], (8, 8))[0]
+    assert content.sum(axis=1).tolist() == [8, 8, 8, 8, 8, 8, 8, 0]  # row 7 (centre y 60) is fill
+    # The fill's scores (never banked, often high) do not leak into the image's edge
+    patch_map = np.where(content, 1.0, 100.0).astype(np.float32)
+    np.testing.assert_allclose(det.pixel_map(patch_map, (72, 64)), 1.0, rtol=1e-5)
+    assert smooth_map(patch_map, 64)[59].mean() > 5  # as it would without the fill
+    # a hot cell at the image's top-left lands at the top-left of the stretched-back map
+    hot = np.zeros((8, 8), np.float32)
+    hot[1, 0] = 1.0
+    heat = det.pixel_map(hot, (72, 64))
+    assert np.unravel_index(heat.argmax(), heat.shape) < (12, 12)
+    overlay = det.overlay(Image.new("RGB", (72, 64)), hot)
+    assert overlay.size == (72, 64)
+    # a square image needs no crop: the map at the input's resolution
+    np.testing.assert_allclose(det.pixel_map(hot, (50, 50)), smooth_map(hot, 64))
+
+
+def test_an_image_thinner_than_a_patch_keeps_the_row_it_runs_through():
+    from sightwise.anomaly.detector import content_grid
+    from sightwise.data.preprocess import Preprocessing
+
+    pre = Preprocessing(size=224, resize="letterbox")
+    for size in [(1000, 1), (5000, 30), (8960, 224), (1, 1000)]:
+        grid = content_grid(pre, [size], (28, 28))[0]
+        lines = grid.sum(axis=0 if size[1] > size[0] else 1)
+        assert grid.sum() == 28 and lines.max() == 28  # one full row (column)
+
+
+def test_fit_rejects_a_resize_that_would_hide_part_of_the_image(inspection_data, tmp_path):
+    from sightwise.anomaly.fit import FitConfig, fit_detector
+
+    with pytest.raises(ValueError, match="letterbox"):
+        fit_detector(inspection_data["good"], tmp_path / "d", FitConfig(resize="center-crop"))

@@ -36,7 +36,7 @@ def _write_images(folder) -> list[str]:
 
 @pytest.mark.parametrize("resize, interpolation", [
     ("stretch", "bicubic"), ("stretch", "bilinear"),
-    ("center-crop", "bicubic"), ("center-crop", "bilinear"),
+    ("center-crop", "bicubic"), ("center-crop", "bilinear"), ("letterbox", "bicubic"),
 ])
 def test_runtime_input_equals_training_input(exported, copy_bundle, tmp_path, resize,
                                              interpolation):

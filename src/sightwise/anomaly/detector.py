@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from sightwise.anomaly.patchcore import PatchCore
 from sightwise.bundle import Bundle, load_bundle
@@ -36,15 +36,33 @@ class Inspection:
 
 def content_grid(pre: Preprocessing, sizes: Sequence[tuple[int, int]], grid: tuple[int, int]) -> np.ndarray:
     """(N, h, w) bool: the patches whose centre lies on the image itself (under letterbox
-    the rest of the input square is mirrored fill), for images of (width, height) `sizes`."""
+    the rest of the input square is mirrored fill), for images of (width, height) `sizes`.
+    An image thinner than a patch still gets the row (column) of patches it runs through."""
     h, w = grid
-    ys = (np.arange(h) + 0.5) * pre.size / h
-    xs = (np.arange(w) + 0.5) * pre.size / w
     out = np.zeros((len(sizes), h, w), bool)
     for k, size in enumerate(sizes):
         left, top, bw, bh = pre.content_box(*size)
-        out[k] = ((ys >= top) & (ys < top + bh))[:, None] & ((xs >= left) & (xs < left + bw))[None, :]
+        out[k] = _cells(top, bh, h, pre.size)[:, None] & _cells(left, bw, w, pre.size)[None, :]
     return out
+
+
+def _cells(start: int, length: int, n: int, size: int) -> np.ndarray:
+    """Which of `n` cells across `size` pixels have their centre in [start, start+length);
+    the cell holding the span's middle when none has."""
+    centres = (np.arange(n) + 0.5) * size / n
+    inside = (centres >= start) & (centres < start + length)
+    if not inside.any():
+        inside[min(n - 1, int((start + length / 2) * n / size))] = True
+    return inside
+
+
+def fill_outside(patch_map: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """`patch_map` with every cell off the image given its nearest on-image cell's value, so
+    smoothing does not carry the mirrored fill's scores into the image's edges."""
+    if content.all() or not content.any():
+        return patch_map
+    _, (iy, ix) = distance_transform_edt(~content, return_indices=True)
+    return patch_map[iy, ix]
 
 
 def load_memory(path: Path) -> np.ndarray:
@@ -92,13 +110,20 @@ class Detector:
         """Smoothed (S, S) map of the image (used for pixel metrics, against masks resized
         to S x S): at the network's input resolution, and for a letterboxed image of
         (width, height) `image_size` its own part of the input, stretched to S x S."""
-        heat = smooth_map(patch_map, self.pre.size)
-        if image_size is None:
-            return heat
-        left, top, w, h = self.pre.content_box(*image_size)
-        if (w, h) == (self.pre.size, self.pre.size):
-            return heat
-        return upsample(heat[top:top + h, left:left + w], (self.pre.size, self.pre.size))
+        s = self.pre.size
+        return self._image_heat(patch_map, image_size, (s, s))
+
+    def _image_heat(self, patch_map: np.ndarray, image_size: tuple[int, int] | None,
+                    out_size: tuple[int, int]) -> np.ndarray:
+        """The smoothed map of the image's own part of the input, resized to `out_size`."""
+        s = self.pre.size
+        box = self.pre.content_box(*image_size) if image_size else (0, 0, s, s)
+        left, top, w, h = box
+        if (w, h) != (s, s):
+            content = content_grid(self.pre, [image_size], patch_map.shape)[0]
+            patch_map = fill_outside(patch_map, content)
+        heat = smooth_map(patch_map, s)[top:top + h, left:left + w]
+        return heat if (w, h) == out_size else upsample(heat, out_size)
 
     def overlay(self, image: Image.Image, patch_map: np.ndarray, alpha: float = 0.5) -> Image.Image:
         """Heat map over `image` at the image's own size. The colour scale runs from 0 to
@@ -106,7 +131,7 @@ class Detector:
         stretched to the map's maximum when that is higher, so a defect's location stays
         visible instead of saturating."""
         base = image.convert("RGB")
-        heat = upsample(self.pixel_map(patch_map, base.size), base.size)
+        heat = self._image_heat(patch_map, base.size, base.size)
         top = max(2.0 * self.threshold, float(heat.max()), 1e-12)
         coloured = Image.fromarray(colorize(np.clip(heat / top, 0.0, 1.0)))
         return Image.blend(base, coloured, alpha)

@@ -87,6 +87,8 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
     """Fit and write the detector bundle in `out`; returns bundle.json's content."""
     if cfg.threshold_mode not in ("far", "f1"):
         raise ValueError(f"threshold mode must be 'far' or 'f1', got {cfg.threshold_mode!r}")
+    if cfg.resize not in ("letterbox", "stretch"):  # a centre crop would hide the sides
+        raise ValueError(f"resize must be 'letterbox' or 'stretch', got {cfg.resize!r}")
     if cfg.threshold_mode == "f1" and defects is None:
         raise ValueError("--threshold-mode f1 needs --defects")
     if cfg.threads:
@@ -112,7 +114,7 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
     held_scores = _scores(core, out / "extractor.onnx", held, pre, cfg.threads)
     thresholds = {"far": {"value": far_threshold(held_scores, cfg.false_alarm_rate),
                           "target_false_alarm_rate": cfg.false_alarm_rate}}
-    metrics = {"n_fit": len(fit_files), "n_holdout": len(held), "memory_bank": len(core.memory_bank),
+    metrics = {"n_fit": len(fit_files), "n_holdout": len(held_scores), "memory_bank": len(core.memory_bank),
                "patches_total": int(content.sum()),  # the images' own patches, before the coreset
                "onnx_max_abs_diff": parity}
     if defects is not None:
