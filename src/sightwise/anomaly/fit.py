@@ -100,9 +100,8 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
 
     model = build_extractor(cfg.backbone, cfg.stages, pad=cfg.pad)
     export_extractor(model, cfg.img_size, out / "extractor.onnx")
-    parity = _check_parity(model, out / "extractor.onnx", load_batch(fit_files[:2], pre)[0], cfg)
-
     x_fit, fit_files, sizes = load_batch(fit_files, pre)
+    parity = _check_parity(model, out / "extractor.onnx", x_fit[:2], cfg)
     feats = _onnx_features(out / "extractor.onnx", x_fit, cfg.threads)
     content = content_grid(pre, sizes, feats.shape[2:])
     core = PatchCore(cfg.coreset, seed=cfg.seed, threads=cfg.threads, border=cfg.border).fit(
