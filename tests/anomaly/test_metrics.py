@@ -49,3 +49,43 @@ def test_detection_counts():
     c = detection_counts([0.1, 0.2, 0.9, 0.4, 0.8], [0, 0, 0, 1, 1], threshold=0.5)
     assert (c["tp"], c["fp"], c["fn"], c["tn"]) == (1, 1, 1, 2)
     assert c["f1"] == pytest.approx(0.5) and c["false_alarm_rate"] == pytest.approx(1 / 3)
+
+
+def test_per_class_metrics_match_scikit_learn_on_each_class_against_all_good():
+    from sightwise.anomaly.evaluate import per_class_metrics
+
+    rng = np.random.default_rng(3)
+    good = rng.normal(0, 1, 20)
+    defect = np.r_[rng.normal(2, 1, 7), rng.normal(0.5, 1, 5)]
+    classes = ["crack"] * 7 + ["uneven"] * 5
+    g_maps = rng.random((20, 6, 5))
+    d_maps = rng.random((12, 6, 5))
+    masks = [rng.random((6, 5)) > 0.7 for _ in range(12)]
+    masks[8] = None  # an uneven image without a mask: in the image metrics, not the pixel one
+    d_maps[:7][np.stack(masks[:7])] += 0.5
+    out = per_class_metrics(good, defect, classes, 1.0, g_maps, d_maps, masks)
+    assert list(out) == ["crack", "uneven"]
+    for name, sel in (("crack", range(7)), ("uneven", range(7, 12))):
+        sel = list(sel)
+        y = np.r_[np.zeros(20), np.ones(len(sel))]
+        assert out[name]["n"] == len(sel)
+        assert out[name]["image_auroc"] == pytest.approx(roc_auc_score(y, np.r_[good, defect[sel]]))
+        assert out[name]["recall"] == pytest.approx(np.mean(defect[sel] > 1.0))
+        have = [i for i in sel if masks[i] is not None]
+        gt = np.r_[np.zeros(g_maps.size, bool), np.stack([masks[i] for i in have]).ravel()]
+        scores = np.r_[g_maps.ravel(), d_maps[have].ravel()]
+        assert out[name]["pixel_auroc"] == pytest.approx(roc_auc_score(gt, scores))
+    assert out["crack"]["pixel_auroc"] > out["uneven"]["pixel_auroc"]
+    no_masks = per_class_metrics(good, defect, classes, 1.0)
+    assert no_masks["crack"]["pixel_auroc"] is None
+
+
+def test_auroc_against_sorted_negatives_equals_scikit_learn_with_ties():
+    from sightwise.anomaly.metrics import auroc_against
+
+    rng = np.random.default_rng(7)
+    pos = rng.integers(2, 9, 300).astype(np.float32)  # few distinct values: many ties
+    neg_a, neg_b = rng.integers(0, 7, 1000), rng.integers(0, 5, 400)
+    want = roc_auc_score(np.r_[np.ones(300), np.zeros(1400)], np.r_[pos, neg_a, neg_b])
+    assert auroc_against(pos, np.sort(neg_a), np.sort(neg_b)) == pytest.approx(want, abs=1e-12)
+    assert auroc_against(pos[:0], np.sort(neg_a)) is None

@@ -206,3 +206,21 @@ def test_fit_rejects_a_resize_that_would_hide_part_of_the_image(inspection_data,
 
     with pytest.raises(ValueError, match="letterbox"):
         fit_detector(inspection_data["good"], tmp_path / "d", FitConfig(resize="center-crop"))
+
+
+def test_evaluate_breaks_down_by_class_and_within_defect_images(detector_dir, inspection_data,
+                                                                 tmp_path):
+    from sightwise.anomaly.evaluate import evaluate_detector
+
+    report = tmp_path / "report.html"
+    res = evaluate_detector(detector_dir, inspection_data["test_good"], inspection_data["defect"],
+                            inspection_data["masks"], report=report, threads=1)
+    blob = res["per_class"]["blob"]
+    assert list(res["per_class"]) == ["blob"] and blob["n"] == 6
+    # One class: its row is the pooled figure restricted to itself, i.e. the pooled figure.
+    assert blob["image_auroc"] == pytest.approx(res["image_auroc"])
+    assert blob["pixel_auroc"] == pytest.approx(res["pixel_auroc"])
+    assert blob["recall"] == pytest.approx(res["recall"])
+    # Within the defect images the planted blob still outscores the rest of the image.
+    assert 0.8 < res["pixel_auroc_defect_images"] <= 1.0
+    assert "By defect class" in report.read_text()

@@ -1,5 +1,12 @@
 """`sightwise inspect evaluate`: image/pixel AUROC, PRO, P/R/F1 at the bundle's threshold,
-the realised false-alarm rate on good images, and an HTML report with overlay grids."""
+the realised false-alarm rate on good images, and an HTML report with overlay grids.
+
+Defects given as a folder of class folders are also broken down by class (each against all
+the good images), and with masks the pixel AUROC is also taken within the defect images
+alone. That second figure separates the two ways a pooled pixel AUROC falls short: a map
+that does not rise on defective parts, or one that rises on the whole defective part rather
+than on the marked region (on magnetic tile the second is what limits it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,13 @@ import numpy as np
 from PIL import Image
 
 from sightwise.anomaly.detector import Detector
-from sightwise.anomaly.metrics import detection_counts, image_auroc, pixel_auroc, pro_score
+from sightwise.anomaly.metrics import (
+    auroc_against,
+    detection_counts,
+    image_auroc,
+    pixel_auroc,
+    pro_score,
+)
 from sightwise.anomaly.scoring import list_images
 from sightwise.data.decode import decode_image
 from sightwise.errors import ImageDecodeError
@@ -61,19 +74,53 @@ def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path
               "precision": counts["precision"], "recall": counts["recall"],
               "threshold": det.threshold, "threshold_mode": det.bundle.meta.get("threshold_mode"),
               "n_good": len(g_scores), "n_defect": len(d_scores)}
+    d_masks = [_mask_for(f, Path(defect), Path(masks) if masks else None, size) for f in d_files]
     if masks is not None:
-        d_masks = [_mask_for(f, Path(defect), Path(masks), size) for f in d_files]
         have = [i for i, m in enumerate(d_masks) if m is not None]
         if have:
             maps = np.stack(g_maps + [d_maps[i] for i in have])
             gt = np.concatenate([np.zeros((len(g_maps), size, size), bool),
                                  np.stack([d_masks[i] for i in have])])
             result.update(pixel_auroc=pixel_auroc(maps, gt), pro=pro_score(maps, gt),
+                          pixel_auroc_defect_images=pixel_auroc(maps[len(g_maps):], gt[len(g_maps):]),
                           n_masks=len(have))
+    classes = [_class_of(f, Path(defect)) for f in d_files]
+    result["per_class"] = per_class_metrics(g_scores, d_scores, classes, det.threshold,
+                                            g_maps, d_maps, d_masks)
     if report is not None:
         _write_report(Path(report), det, result, (g_scores, g_files, g_imgs),
                       (d_scores, d_files, d_imgs), top)
     return result
+
+
+def _class_of(image: Path, defect_root: Path) -> str:
+    """The class folder an image lies in under `defect_root` (its own name for loose files)."""
+    parts = image.relative_to(defect_root).parts
+    return parts[0] if len(parts) > 1 else defect_root.name
+
+
+def per_class_metrics(good_scores, defect_scores, classes: list[str], threshold: float,
+                      good_maps=None, defect_maps=None, defect_masks=None) -> dict[str, dict]:
+    """Each defect class against all the good images: n, image AUROC, recall at `threshold`
+    and, for the class's images that have a mask, the pixel AUROC over the good images'
+    pixels and those images' pixels (the pooled figure restricted to one class)."""
+    good_scores, defect_scores = np.asarray(good_scores), np.asarray(defect_scores)
+    good_pixels = (np.sort(np.asarray(good_maps, np.float32).ravel())
+                   if good_maps is not None and len(good_maps) else None)
+    out = {}
+    for name in sorted(set(classes)):
+        idx = [i for i, c in enumerate(classes) if c == name]
+        s = defect_scores[idx]
+        y = np.r_[np.zeros(len(good_scores), bool), np.ones(len(s), bool)]
+        row = {"n": len(idx), "image_auroc": image_auroc(np.r_[good_scores, s], y),
+               "recall": float(np.mean(s > threshold)), "pixel_auroc": None}
+        with_mask = [i for i in idx if defect_masks and defect_masks[i] is not None]
+        if with_mask and good_pixels is not None:
+            maps = np.stack([defect_maps[i] for i in with_mask])
+            gt = np.stack([defect_masks[i] for i in with_mask])
+            row["pixel_auroc"] = auroc_against(maps[gt], good_pixels, np.sort(maps[~gt]))
+        out[name] = row
+    return out
 
 
 def _grid(det: Detector, scores, files, imgs, order, path: Path) -> Path:
@@ -99,10 +146,20 @@ def _write_report(path: Path, det: Detector, result: dict, good, defect, top: in
             det, *defect, order, path.with_name(path.stem + "_defect.png"))
     # write_report's headline table knows classification keys only; ours go in a section.
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(_fmt(v))}</td></tr>"
-                   for k, v in result.items())
+                   for k, v in result.items() if k != "per_class")
+    sections = [("Detection metrics", f"<table>{rows}</table>")]
+    per_class = result.get("per_class") or {}
+    if per_class:
+        head = "".join(f"<th>{h}</th>" for h in ("class", "n", "image AUROC", "recall", "pixel AUROC"))
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in
+                             (name, r["n"], r["image_auroc"], r["recall"], r["pixel_auroc"])) + "</tr>"
+            for name, r in per_class.items())
+        sections.append(("By defect class (each against all good images)",
+                         f"<table><tr>{head}</tr>{body}</table>"))
     write_report(path, title="Defect inspection", figures=figures,
                  metrics={"split": "good + defect images given", "n": result["n_good"] + result["n_defect"]},
-                 sections=[("Detection metrics", f"<table>{rows}</table>")])
+                 sections=sections)
 
 
 def _fmt(v) -> str:
