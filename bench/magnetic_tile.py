@@ -72,6 +72,10 @@ def heatmap_figure(detector: Path, good: Path, defects: Path, out: Path, per_cla
     fig.savefig(out, dpi=80)
 
 
+def _f(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", type=Path, default=Path("runs/magnetic-tile"))
@@ -99,10 +103,12 @@ def main() -> None:
     t_eval = time.perf_counter() - t0
     keys = ("image_auroc", "pixel_auroc", "pro", "false_alarm_rate", "f1", "n_good", "n_defect")
     print(json.dumps({k: res.get(k) for k in keys}))
-    print(f"pixel AUROC within the defect images alone: {res['pixel_auroc_defect_images']:.3f}")
+    print(f"pixel AUROC over the defect images' pixels only: {_f(res['pixel_auroc_defect_images'])}, "
+          f"mean within each defect image: {_f(res['pixel_auroc_within_image'])}")
     for name, row in res["per_class"].items():
-        print(f"  {name:8s} n={row['n']:3d}  image AUROC {row['image_auroc']:.3f}  "
-              f"recall {row['recall']:.3f}  pixel AUROC {row['pixel_auroc']:.3f}")
+        print(f"  {name:8s} n={row['n']:3d}  image AUROC {_f(row['image_auroc'])}  "
+              f"recall {_f(row['recall'])}  pixel AUROC {_f(row['pixel_auroc'])}  "
+              f"within image {_f(row['pixel_auroc_within_image'])}")
     fitted = "loaded" if args.evaluate_only else f"fit {t_fit:.0f} s"
     print(f"{fitted} ({meta['metrics']['n_fit']} images, bank {meta['metrics']['memory_bank']}), "
           f"evaluate {t_eval:.0f} s ({res['n_good'] + res['n_defect']} images, "

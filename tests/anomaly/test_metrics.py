@@ -75,6 +75,8 @@ def test_per_class_metrics_match_scikit_learn_on_each_class_against_all_good():
         gt = np.r_[np.zeros(g_maps.size, bool), np.stack([masks[i] for i in have]).ravel()]
         scores = np.r_[g_maps.ravel(), d_maps[have].ravel()]
         assert out[name]["pixel_auroc"] == pytest.approx(roc_auc_score(gt, scores))
+        within = [roc_auc_score(masks[i].ravel(), d_maps[i].ravel()) for i in have]
+        assert out[name]["pixel_auroc_within_image"] == pytest.approx(np.mean(within))
     assert out["crack"]["pixel_auroc"] > out["uneven"]["pixel_auroc"]
     no_masks = per_class_metrics(good, defect, classes, 1.0)
     assert no_masks["crack"]["pixel_auroc"] is None
@@ -89,3 +91,12 @@ def test_auroc_against_sorted_negatives_equals_scikit_learn_with_ties():
     want = roc_auc_score(np.r_[np.ones(300), np.zeros(1400)], np.r_[pos, neg_a, neg_b])
     assert auroc_against(pos, np.sort(neg_a), np.sort(neg_b)) == pytest.approx(want, abs=1e-12)
     assert auroc_against(pos[:0], np.sort(neg_a)) is None
+
+
+def test_class_of_takes_the_first_folder_and_names_loose_files_after_the_root(tmp_path):
+    from sightwise.anomaly.evaluate import _class_of
+
+    root = tmp_path / "defects"
+    assert _class_of(root / "crack" / "a.png", root) == "crack"
+    assert _class_of(root / "crack" / "left" / "b.png", root) == "crack"
+    assert _class_of(root / "c.png", root) == "defects"

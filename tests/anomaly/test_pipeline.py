@@ -223,4 +223,6 @@ def test_evaluate_breaks_down_by_class_and_within_defect_images(detector_dir, in
     assert blob["recall"] == pytest.approx(res["recall"])
     # Within the defect images the planted blob still outscores the rest of the image.
     assert 0.8 < res["pixel_auroc_defect_images"] <= 1.0
+    assert 0.8 < res["pixel_auroc_within_image"] <= 1.0
+    assert blob["pixel_auroc_within_image"] == pytest.approx(res["pixel_auroc_within_image"])
     assert "By defect class" in report.read_text()

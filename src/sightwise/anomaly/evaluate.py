@@ -2,10 +2,11 @@
 the realised false-alarm rate on good images, and an HTML report with overlay grids.
 
 Defects given as a folder of class folders are also broken down by class (each against all
-the good images), and with masks the pixel AUROC is also taken within the defect images
-alone. That second figure separates the two ways a pooled pixel AUROC falls short: a map
-that does not rise on defective parts, or one that rises on the whole defective part rather
-than on the marked region (on magnetic tile the second is what limits it).
+the good images). With masks, two more pixel figures say where a pooled pixel AUROC loses:
+`pixel_auroc_defect_images` pools only the defect images' pixels (good images left out), and
+`pixel_auroc_within_image` is the mean over defect images of each one's own pixel AUROC
+(its marked pixels against its unmarked ones): how well a map points at the defect inside
+the part, whatever its level against other images.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path
               "false_alarm_rate": counts["false_alarm_rate"], "f1": counts["f1"],
               "precision": counts["precision"], "recall": counts["recall"],
               "threshold": det.threshold, "threshold_mode": det.bundle.meta.get("threshold_mode"),
-              "n_good": len(g_scores), "n_defect": len(d_scores)}
+              "n_good": len(g_scores), "n_defect": len(d_scores),
+              "pixel_auroc_defect_images": None, "pixel_auroc_within_image": None}
     d_masks = [_mask_for(f, Path(defect), Path(masks) if masks else None, size) for f in d_files]
     if masks is not None:
         have = [i for i, m in enumerate(d_masks) if m is not None]
@@ -83,7 +85,9 @@ def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path
                                  np.stack([d_masks[i] for i in have])])
             result.update(pixel_auroc=pixel_auroc(maps, gt), pro=pro_score(maps, gt),
                           pixel_auroc_defect_images=pixel_auroc(maps[len(g_maps):], gt[len(g_maps):]),
+                          pixel_auroc_within_image=_mean_within(d_maps, d_masks, have),
                           n_masks=len(have))
+            del maps, gt  # the per-class figures below sort a copy of the good maps
     classes = [_class_of(f, Path(defect)) for f in d_files]
     result["per_class"] = per_class_metrics(g_scores, d_scores, classes, det.threshold,
                                             g_maps, d_maps, d_masks)
@@ -93,8 +97,17 @@ def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path
     return result
 
 
+def _mean_within(maps, masks, idx) -> float | None:
+    """Mean over images `idx` of each image's own pixel AUROC (images whose mask is empty or
+    full have none and are left out)."""
+    values = [auroc_against(maps[i][masks[i]], np.sort(maps[i][~masks[i]])) for i in idx]
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
 def _class_of(image: Path, defect_root: Path) -> str:
-    """The class folder an image lies in under `defect_root` (its own name for loose files)."""
+    """The class of a defect image: the first folder under `defect_root` it lies in; an
+    image directly in `defect_root` is put in a class named after that folder."""
     parts = image.relative_to(defect_root).parts
     return parts[0] if len(parts) > 1 else defect_root.name
 
@@ -102,8 +115,9 @@ def _class_of(image: Path, defect_root: Path) -> str:
 def per_class_metrics(good_scores, defect_scores, classes: list[str], threshold: float,
                       good_maps=None, defect_maps=None, defect_masks=None) -> dict[str, dict]:
     """Each defect class against all the good images: n, image AUROC, recall at `threshold`
-    and, for the class's images that have a mask, the pixel AUROC over the good images'
-    pixels and those images' pixels (the pooled figure restricted to one class)."""
+    and, over the class's images that have a mask, the pixel AUROC over the good images'
+    pixels and those images' pixels (the pooled figure restricted to one class) and the
+    mean of those images' own pixel AUROCs."""
     good_scores, defect_scores = np.asarray(good_scores), np.asarray(defect_scores)
     good_pixels = (np.sort(np.asarray(good_maps, np.float32).ravel())
                    if good_maps is not None and len(good_maps) else None)
@@ -113,12 +127,14 @@ def per_class_metrics(good_scores, defect_scores, classes: list[str], threshold:
         s = defect_scores[idx]
         y = np.r_[np.zeros(len(good_scores), bool), np.ones(len(s), bool)]
         row = {"n": len(idx), "image_auroc": image_auroc(np.r_[good_scores, s], y),
-               "recall": float(np.mean(s > threshold)), "pixel_auroc": None}
-        with_mask = [i for i in idx if defect_masks and defect_masks[i] is not None]
+               "recall": float(np.mean(s > threshold)), "pixel_auroc": None,
+               "pixel_auroc_within_image": None}
+        with_mask = [i for i in idx if defect_masks is not None and defect_masks[i] is not None]
         if with_mask and good_pixels is not None:
             maps = np.stack([defect_maps[i] for i in with_mask])
             gt = np.stack([defect_masks[i] for i in with_mask])
             row["pixel_auroc"] = auroc_against(maps[gt], good_pixels, np.sort(maps[~gt]))
+            row["pixel_auroc_within_image"] = _mean_within(defect_maps, defect_masks, with_mask)
         out[name] = row
     return out
 
@@ -150,10 +166,12 @@ def _write_report(path: Path, det: Detector, result: dict, good, defect, top: in
     sections = [("Detection metrics", f"<table>{rows}</table>")]
     per_class = result.get("per_class") or {}
     if per_class:
-        head = "".join(f"<th>{h}</th>" for h in ("class", "n", "image AUROC", "recall", "pixel AUROC"))
+        head = "".join(f"<th>{h}</th>" for h in ("class", "n", "image AUROC", "recall",
+                                                 "pixel AUROC", "pixel AUROC within image"))
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in
-                             (name, r["n"], r["image_auroc"], r["recall"], r["pixel_auroc"])) + "</tr>"
+                             (name, r["n"], r["image_auroc"], r["recall"], r["pixel_auroc"],
+                              r["pixel_auroc_within_image"])) + "</tr>"
             for name, r in per_class.items())
         sections.append(("By defect class (each against all good images)",
                          f"<table><tr>{head}</tr>{body}</table>"))

@@ -33,7 +33,10 @@ def auroc_against(positives: np.ndarray, *sorted_negatives: np.ndarray) -> float
     >>> auroc_against(np.array([0.5, 2.0]), np.array([0.0, 1.0]), np.array([0.5]))
     0.75
     """
-    pos = np.asarray(positives, np.float64).ravel()
+    # Searched in the negatives' own dtype: float64 positives would make numpy convert each
+    # (large, float32) negative array to float64 on every call.
+    pos = np.asarray(positives)
+    pos = pos.ravel().astype(np.result_type(pos, *sorted_negatives))
     n_neg = sum(len(n) for n in sorted_negatives)
     if not len(pos) or not n_neg:
         return None
