@@ -6,7 +6,7 @@ with their masks. The folders are symlinks under --work; then `inspect fit` and
 `inspect evaluate` run as a user would run them.
 Usage: python bench/magnetic_tile.py [--work runs/magnetic-tile] [--threads 2]
        [--figure docs/figures/magnetic_tile_heatmaps.png]  (about 7 min on 2 cores)
-       [--evaluate-only]  (the --work detector again, about 2.5 min)
+       [--evaluate-only]  (the --work detector again, about 2 min)
 """
 
 from __future__ import annotations
