@@ -108,7 +108,8 @@ def main() -> None:
     for name, row in res["per_class"].items():
         print(f"  {name:8s} n={row['n']:3d}  image AUROC {_f(row['image_auroc'])}  "
               f"recall {_f(row['recall'])}  pixel AUROC {_f(row['pixel_auroc'])}  "
-              f"within image {_f(row['pixel_auroc_within_image'])}")
+              f"within image {_f(row['pixel_auroc_within_image'])}  "
+              f"share of marked pixels {_f(row['defect_pixel_share'])}")
     fitted = "loaded" if args.evaluate_only else f"fit {t_fit:.0f} s"
     print(f"{fitted} ({meta['metrics']['n_fit']} images, bank {meta['metrics']['memory_bank']}), "
           f"evaluate {t_eval:.0f} s ({res['n_good'] + res['n_defect']} images, "

@@ -77,7 +77,11 @@ def test_per_class_metrics_match_scikit_learn_on_each_class_against_all_good():
         assert out[name]["pixel_auroc"] == pytest.approx(roc_auc_score(gt, scores))
         within = [roc_auc_score(masks[i].ravel(), d_maps[i].ravel()) for i in have]
         assert out[name]["pixel_auroc_within_image"] == pytest.approx(np.mean(within))
+        all_marked = sum(m.sum() for m in masks if m is not None)
+        share = sum(masks[i].sum() for i in have) / all_marked
+        assert out[name]["defect_pixel_share"] == pytest.approx(share)
     assert out["crack"]["pixel_auroc"] > out["uneven"]["pixel_auroc"]
+    assert out["crack"]["defect_pixel_share"] + out["uneven"]["defect_pixel_share"] == pytest.approx(1.0)
     no_masks = per_class_metrics(good, defect, classes, 1.0)
     assert no_masks["crack"]["pixel_auroc"] is None
 

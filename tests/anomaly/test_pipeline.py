@@ -225,4 +225,5 @@ def test_evaluate_breaks_down_by_class_and_within_defect_images(detector_dir, in
     assert 0.8 < res["pixel_auroc_defect_images"] <= 1.0
     assert 0.8 < res["pixel_auroc_within_image"] <= 1.0
     assert blob["pixel_auroc_within_image"] == pytest.approx(res["pixel_auroc_within_image"])
+    assert blob["defect_pixel_share"] == pytest.approx(1.0)  # the only class holds every marked pixel
     assert "By defect class" in report.read_text()

@@ -116,11 +116,13 @@ def per_class_metrics(good_scores, defect_scores, classes: list[str], threshold:
                       good_maps=None, defect_maps=None, defect_masks=None) -> dict[str, dict]:
     """Each defect class against all the good images: n, image AUROC, recall at `threshold`
     and, over the class's images that have a mask, the pixel AUROC over the good images'
-    pixels and those images' pixels (the pooled figure restricted to one class) and the
-    mean of those images' own pixel AUROCs."""
+    pixels and those images' pixels (the pooled figure restricted to one class), the mean
+    of those images' own pixel AUROCs, and the class's share of all marked pixels (its
+    weight in the pooled pixel AUROC, whose positives are the marked pixels)."""
     good_scores, defect_scores = np.asarray(good_scores), np.asarray(defect_scores)
     good_pixels = (np.sort(np.asarray(good_maps, np.float32).ravel())
                    if good_maps is not None and len(good_maps) else None)
+    marked = sum(int(m.sum()) for m in defect_masks or [] if m is not None)
     out = {}
     for name in sorted(set(classes)):
         idx = [i for i, c in enumerate(classes) if c == name]
@@ -128,13 +130,14 @@ def per_class_metrics(good_scores, defect_scores, classes: list[str], threshold:
         y = np.r_[np.zeros(len(good_scores), bool), np.ones(len(s), bool)]
         row = {"n": len(idx), "image_auroc": image_auroc(np.r_[good_scores, s], y),
                "recall": float(np.mean(s > threshold)), "pixel_auroc": None,
-               "pixel_auroc_within_image": None}
+               "pixel_auroc_within_image": None, "defect_pixel_share": None}
         with_mask = [i for i in idx if defect_masks is not None and defect_masks[i] is not None]
         if with_mask and good_pixels is not None:
             maps = np.stack([defect_maps[i] for i in with_mask])
             gt = np.stack([defect_masks[i] for i in with_mask])
             row["pixel_auroc"] = auroc_against(maps[gt], good_pixels, np.sort(maps[~gt]))
             row["pixel_auroc_within_image"] = _mean_within(defect_maps, defect_masks, with_mask)
+            row["defect_pixel_share"] = float(gt.sum()) / marked if marked else None
         out[name] = row
     return out
 
@@ -167,11 +170,12 @@ def _write_report(path: Path, det: Detector, result: dict, good, defect, top: in
     per_class = result.get("per_class") or {}
     if per_class:
         head = "".join(f"<th>{h}</th>" for h in ("class", "n", "image AUROC", "recall",
-                                                 "pixel AUROC", "pixel AUROC within image"))
+                                                 "pixel AUROC", "pixel AUROC within image",
+                                                 "share of marked pixels"))
         body = "".join(
             "<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in
                              (name, r["n"], r["image_auroc"], r["recall"], r["pixel_auroc"],
-                              r["pixel_auroc_within_image"])) + "</tr>"
+                              r["pixel_auroc_within_image"], r["defect_pixel_share"])) + "</tr>"
             for name, r in per_class.items())
         sections.append(("By defect class (each against all good images)",
                          f"<table><tr>{head}</tr>{body}</table>"))
