@@ -132,12 +132,13 @@ def per_class_metrics(good_scores, defect_scores, classes: list[str], threshold:
                "recall": float(np.mean(s > threshold)), "pixel_auroc": None,
                "pixel_auroc_within_image": None, "defect_pixel_share": None}
         with_mask = [i for i in idx if defect_masks is not None and defect_masks[i] is not None]
+        if with_mask and marked:  # needs no good image
+            row["defect_pixel_share"] = sum(int(defect_masks[i].sum()) for i in with_mask) / marked
         if with_mask and good_pixels is not None:
             maps = np.stack([defect_maps[i] for i in with_mask])
             gt = np.stack([defect_masks[i] for i in with_mask])
             row["pixel_auroc"] = auroc_against(maps[gt], good_pixels, np.sort(maps[~gt]))
             row["pixel_auroc_within_image"] = _mean_within(defect_maps, defect_masks, with_mask)
-            row["defect_pixel_share"] = float(gt.sum()) / marked if marked else None
         out[name] = row
     return out
 
