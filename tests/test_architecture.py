@@ -20,11 +20,13 @@ SRC = Path(sightwise.__file__).parent
 
 # Layer of each subpackage / top-level module; shared plain modules sit at the bottom.
 LAYERS = {
-    "types": 0, "errors": 0, "cli_errors": 0, "config": 0, "bundle": 1, "heatmap": 1,
-    "data": 1, "models": 2, "train": 3, "evaluate": 3, "baselines": 3,
+    "types": 0, "errors": 0, "cli_errors": 0, "config": 0, "core": 0,
+    "bundle": 1, "heatmap": 1, "data": 1, "models": 2,
+    "train": 3, "evaluate": 3, "baselines": 3, "synth": 3,
     "export": 4, "registry": 5,
-    "runtime": 6, "search": 6, "anomaly": 6, "monitor": 6,
-    "serve": 7, "predict": 8, "explain": 8, "cli": 8,
+    "runtime": 6, "search": 6, "anomaly": 6, "monitor": 6, "label": 6, "privacy": 6,
+    "stream": 6,
+    "serve": 7, "predict": 8, "explain": 8, "pipeline": 8, "cli": 9,
 }
 
 
@@ -86,7 +88,8 @@ print("ok")
 LAZY = {"registry": 'assert "mlflow" not in sys.modules, "MLflow is imported lazily, on first use"'}
 
 
-@pytest.mark.parametrize("pkg", ["runtime", "search", "monitor", "serve", "registry"])
+@pytest.mark.parametrize("pkg", ["runtime", "search", "monitor", "serve", "registry", "label",
+                                 "privacy", "stream"])
 def test_imports_without_torch(pkg):
     script = BLOCK_TORCH.replace("{pkg}", pkg).replace("{extra}", LAZY.get(pkg, ""))
     res = subprocess.run([sys.executable, "-c", script],

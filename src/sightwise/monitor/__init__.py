@@ -1,1 +1,3 @@
-"""sightwise.monitor"""
+"""sightwise.monitor: prediction log, reference statistics, drift tests, label-free
+accuracy, alerts (torch-free).
+"""

@@ -1,0 +1,3 @@
+"""sightwise.label: annotation page, active-learning order, data audit (label errors),
+Label Studio / CVAT formats.
+"""

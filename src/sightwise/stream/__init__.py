@@ -1,0 +1,1 @@
+"""sightwise.stream: video and camera sources, frame sampling, debounced events (`sightwise watch`)."""

@@ -1,0 +1,3 @@
+"""sightwise.synth: procedural defects, a small class-conditional GAN, quality metrics, the
+keep-only-if-it-helps guardrail.
+"""
