@@ -1,8 +1,11 @@
 """DESIGN.md's two import rules, enforced.
 
-1. Imports flow one way: data -> models -> train/evaluate/baselines -> export -> registry ->
-   {runtime, search, anomaly, monitor} -> serve. A module may import its own layer or lower.
-2. runtime, search, monitor and serve import without torch installed.
+1. Imports flow one way: data -> models -> train/evaluate/baselines/synth -> export ->
+   registry -> {runtime, search, anomaly, monitor, label, privacy, stream} -> serve ->
+   pipeline. A module may import its own layer or lower; a package's `cli.py` is command
+   wiring and sits at the top with `sightwise.cli`.
+2. The run side (runtime, search, monitor, label, privacy, stream, serve) imports without
+   torch installed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def _layer_of(module_path: Path) -> tuple[str, int]:
     head = rel.parts[0]
     if head == "__init__":
         return "sightwise", 0
+    if len(rel.parts) == 2 and rel.parts[1] == "cli":
+        return f"{head}.cli", LAYERS["cli"]  # a package's commands are CLI wiring: top layer
     return head, LAYERS[head]
 
 
