@@ -93,7 +93,7 @@ def main() -> None:
         return
     t0 = time.perf_counter()
     if args.evaluate_only:
-        meta = load_bundle(args.work / "detector").meta
+        meta = load_bundle(args.work / "detector").meta.to_dict()
     else:
         meta = fit_detector(fit, args.work / "detector", FitConfig(threads=args.threads))
     t_fit = time.perf_counter() - t0

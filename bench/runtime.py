@@ -22,18 +22,18 @@ import numpy as np
 import torch
 
 from sightwise.bundle import load_bundle
+from sightwise.core import make_session
 from sightwise.data.preprocess import normalize
 from sightwise.errors import SightwiseError
 from sightwise.export.api import export_bundle
 from sightwise.export.manifest import bundle_samples, load_images
 from sightwise.models.io import load_classifier
-from sightwise.runtime.predictor import make_session
 from sightwise.train.augment import to_input
 
 
 def ensure_exported(path: Path) -> None:
     bundle = load_bundle(path)
-    if {"model.onnx", "model.int8.onnx"} <= set(bundle.meta["files"]):
+    if {"model.onnx", "model.int8.onnx"} <= set(bundle.meta.raw["files"]):
         return
     print("exporting (fp32 + int8) first ...", flush=True)
     try:
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     pre, cores = bundle.preprocessing, os.cpu_count() or 1
     torch.set_num_threads(cores)
     images = bench_images(bundle)
-    print(f"bundle {path} ({bundle.meta['model']['name']}, {pre.size} px), {len(images)} images, "
+    print(f"bundle {path} ({bundle.meta.raw['model']['name']}, {pre.size} px), {len(images)} images, "
           f"{cores} cores, torch {torch.__version__} threads={torch.get_num_threads()}", flush=True)
 
     model = load_classifier(bundle)

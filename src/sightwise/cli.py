@@ -1,38 +1,56 @@
 """The `sightwise` command: one subcommand per stage, each parse -> config -> one call.
 
-User errors (bad data, bad arguments, unusable bundles) print one line and exit 2.
+User errors (bad data, bad arguments, unusable bundles, a missing extra) print one line
+and exit 2. Training-side commands import torch inside the command, so the base
+(torch-free) install can predict, explain, serve and search exported bundles.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from sightwise import __version__
 from sightwise.cli_errors import user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
                   help="Sightwise: train, prove, export and serve image classifiers offline.")
 
+Threads = Annotated[int | None, typer.Option(min=1, help="CPU threads (default: one per core; "
+                                             "1 is faster on a machine busy with other work).")]
+Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 
-def _mount_models() -> None:
-    # The registry sub-app imports MLflow only when a `models` command runs.
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sightwise {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False
+         ) -> None:
+    """Sightwise: train, prove, export and serve image classifiers offline."""
+
+
+def _mount() -> None:
+    """Sub-apps and each package's commands (their cli.py imports only typer at module
+    level; MLflow, torch and the rest load when a command runs)."""
+    from sightwise.anomaly.cli import inspect_app
     from sightwise.registry.cli import models_app
+    from sightwise.search.cli import index_app
 
     app.add_typer(models_app, name="models",
                   help="Model registry on MLflow: register, list, show, promote, rollback. "
                        "Store: $SIGHTWISE_HOME (default ~/.sightwise: mlflow.db + artifacts), "
                        "or any MLflow server by MLFLOW_TRACKING_URI.")
-
-
-_mount_models()
-
-
-def _mount_index() -> None:
-    from sightwise.search.cli import index_app
 
     @index_app.command("backbone-bundle")
     def index_backbone_bundle(
@@ -47,30 +65,13 @@ def _mount_index() -> None:
 
     app.add_typer(index_app, name="index", help="Visual search: build, add, remove, query, "
                   "dupes, evaluate (FAISS over the bundle's embeddings).")
-
-
-_mount_index()
-
-
-def _mount_inspect() -> None:
-    from sightwise.anomaly.cli import inspect_app
-
     app.add_typer(inspect_app, name="inspect", help="Defect inspection from good images only "
                   "(PatchCore-style): fit, score, evaluate.")
-
-
-_mount_inspect()
-
-
-def _mount_packages() -> None:
-    # Each package adds its own commands (its cli.py imports only typer at module level).
-    from importlib import import_module
-
     for pkg in ("serve", "monitor", "label", "privacy", "stream", "synth", "pipeline"):
         import_module(f"sightwise.{pkg}.cli").register(app)
 
 
-_mount_packages()
+_mount()
 
 
 def _track(kind: str, run_dir: Path, metrics: dict, config: dict, bundle_dir: Path | None) -> None:
@@ -84,6 +85,13 @@ def _log(msg: str) -> None:
     typer.echo(msg, err=True)
 
 
+def _set_torch_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @app.command()
 @user_errors
 def train(
@@ -95,8 +103,8 @@ def train(
     budget: Annotated[str | None, typer.Option(help="Wall-clock bound, e.g. 3m, 600s, 1h.")] = None,
     img_size: Annotated[int | None, typer.Option(help="Input size (default: the model's).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for splits, init and order.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Maximum fine-tuning epochs.")] = 30,
-    batch_size: Annotated[int, typer.Option(help="Fine-tuning batch size.")] = 32,
+    epochs: Annotated[int, typer.Option(min=1, help="Maximum fine-tuning epochs.")] = 30,
+    batch_size: Annotated[int, typer.Option(min=1, help="Fine-tuning batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Backbone learning rate (fine-tune).")] = 3e-4,
     patience: Annotated[int, typer.Option(help="Epochs without validation gain before "
                                           "stopping early.")] = 8,
@@ -111,26 +119,23 @@ def train(
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
     drop_leakage: Annotated[bool, typer.Option(help="Drop files duplicated across splits.")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: one per core; "
-                                                "1 is faster on a machine busy with other work).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/bundle.")] = False,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
-    """Train a classifier and write metrics.json, report.html and bundle/ into OUT."""
-    import torch
-
+    """Train a classifier, export its ONNX graph (parity-checked against PyTorch) and write
+    metrics.json, report.html and bundle/ into OUT."""
     from sightwise.config import TrainConfig, parse_duration
-    from sightwise.train.pipeline import run_training
+    from sightwise.export.api import train_and_export
 
-    if threads:
-        torch.set_num_threads(threads)
-
+    _set_torch_threads(threads)
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
                       ema_decay=ema_decay, members=members, tta=tta,
                       augment=augment, balance=balance, labels=labels,
-                      drop_leakage=drop_leakage, progress=progress)
-    metrics = run_training(cfg, log=_log)
+                      drop_leakage=drop_leakage, progress=progress, overwrite=overwrite)
+    metrics = train_and_export(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
 
@@ -138,15 +143,17 @@ def train(
 @app.command()
 @user_errors
 def predict(
-    bundle: Annotated[str, typer.Argument(help="Bundle folder, NAME@ALIAS or NAME/VERSION.")],
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, run folder, NAME@ALIAS or "
+                                          "NAME/VERSION.")],
     images: Annotated[list[str], typer.Argument(help="Image files.")],
-    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Classes to show.")] = 3,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    threads: Threads = None,
 ) -> None:
-    """Top-k classes with calibrated probabilities for each image."""
+    """Top-k classes with calibrated probabilities for each image (ONNX Runtime, no torch)."""
     from sightwise.predict import predict_files
 
-    preds = predict_files(bundle, images, top_k=top_k)
+    preds = predict_files(bundle, images, top_k=top_k, threads=threads)
     if as_json:
         typer.echo(json.dumps([_pred_dict(p) for p in preds], indent=2))
     else:
@@ -168,24 +175,42 @@ def _pred_dict(p) -> dict:
 @app.command()
 @user_errors
 def explain(
-    bundle: Annotated[str, typer.Argument(help="Bundle folder, NAME@ALIAS or NAME/VERSION.")],
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, run folder, NAME@ALIAS or "
+                                          "NAME/VERSION.")],
     image: Annotated[str, typer.Argument(help="Image file.")],
     out: Annotated[str, typer.Option("--out", "-o", help="Overlay PNG to write.")],
     class_name: Annotated[str | None, typer.Option("--class", help="Explain this class "
                                                    "instead of the predicted one.")] = None,
+    threads: Threads = None,
 ) -> None:
     """Class activation map of the predicted (or given) class over the image, as a PNG of
     the image's own size."""
     from sightwise.explain import explain_image
 
-    label, prob = explain_image(bundle, image, out, class_name=class_name)
+    label, prob = explain_image(bundle, image, out, class_name=class_name, threads=threads)
     typer.echo(f"{image}: {label} (p={prob:.3f}) -> {out}")
 
 
 @app.command()
 @user_errors
+def info(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder, run folder, NAME@ALIAS or "
+                                          "NAME/VERSION.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """What a bundle is: task, classes, model, input, calibration, test metrics, which
+    graphs may run, files (every file's sha256 is verified first)."""
+    from sightwise.describe import bundle_summary, format_summary
+    from sightwise.registry.resolve import open_bundle
+
+    summary = bundle_summary(open_bundle(bundle))
+    typer.echo(json.dumps(summary, indent=2) if as_json else format_summary(summary))
+
+
+@app.command()
+@user_errors
 def export(
-    bundle: Annotated[str, typer.Argument(help="Bundle folder.")],
+    bundle: Annotated[str, typer.Argument(help="Bundle folder or run folder.")],
     int8: Annotated[bool, typer.Option("--int8", help="Also write model.int8.onnx "
                                        "(static QDQ, per-channel).")] = False,
     calib: Annotated[str | None, typer.Option(help="Calibration images (default: the "
@@ -195,18 +220,26 @@ def export(
                                         "fails (the bundle stays marked).")] = False,
     edge: Annotated[str | None, typer.Option(help="Also write a self-contained edge "
                                              "folder here.")] = None,
-    threads: Annotated[int | None, typer.Option(help="onnxruntime intra-op threads.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the parity record as JSON.")] = False,
+    threads: Threads = None,
 ) -> None:
-    """Export to ONNX (fp32, optionally int8), check parity against PyTorch, write parity.json."""
+    """Export to ONNX (fp32, optionally int8), check parity against PyTorch, write parity.json.
+    (`train` already exports fp32; run this for int8, an edge folder, or an older bundle.)"""
+    from sightwise.bundle import find_bundle_dir
     from sightwise.export.api import export_bundle
 
-    parity = export_bundle(bundle, int8=int8, calib=calib, opset=opset, force=force,
+    path = find_bundle_dir(bundle)
+    parity = export_bundle(path, int8=int8, calib=calib, opset=opset, force=force,
                            edge_dir=edge, threads=threads, log=_log)
-    _track("export", Path(bundle), parity, {"int8": int8, "calib": calib, "opset": opset,
-                                            "force": force, "edge": edge}, Path(bundle))
+    _track("export", path, parity, {"int8": int8, "calib": calib, "opset": opset,
+                                    "force": force, "edge": edge}, path)
     if not parity["passed"]:
         _log("warning: parity gate failed; export kept because of --force")
-    typer.echo(json.dumps(parity, indent=2))
+    if as_json:
+        typer.echo(json.dumps(parity, indent=2))
+    else:
+        typer.echo(f"exported {path}: parity {'passed' if parity['passed'] else 'FAILED'} on "
+                   f"{parity['n']} {parity['split']} images (details: {path / 'parity.json'})")
 
 
 @app.command()
@@ -223,9 +256,8 @@ def benchmark(
     seed: Annotated[int, typer.Option(help="Seed for folds and subsets.")] = 0,
     cnn_budget: Annotated[str | None, typer.Option(help="Wall-clock budget of each CNN per "
                           "fold, e.g. 4m (default: what the ~25-minute plan leaves).")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (1 is faster on a "
-                                                "machine busy with other work).")] = None,
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Deep learning vs traditional methods (k-NN, HOG+SVM) on the same splits."""
     from sightwise.baselines.benchmark import run_benchmark
@@ -243,26 +275,29 @@ def benchmark(
 @app.command()
 @user_errors
 def demo(
-    out: Annotated[str, typer.Option("--out", "-o", help="Run folder.")] = "runs/demo",
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder (replaced if it holds "
+                                     "an earlier demo).")] = "runs/demo",
     budget: Annotated[str, typer.Option(help="Training budget.")] = "3m",
-    progress: Annotated[bool, typer.Option(help="Show progress bars.")] = True,
+    progress: Progress = True,
 ) -> None:
-    """End to end on data that ships with scikit-image: make texture tiles, train, report."""
+    """End to end on data that ships with scikit-image: make texture tiles, train, export,
+    report."""
     from sightwise.config import TrainConfig, parse_duration
     from sightwise.data.demo import make_texture_dataset
-    from sightwise.train.pipeline import run_training
+    from sightwise.export.api import train_and_export
 
     data = make_texture_dataset(Path(out) / "data")
     _log(f"made a 6-class texture dataset in {data}")
     cfg = TrainConfig(data=str(data), out=out, budget_s=parse_duration(budget), img_size=128,
-                      progress=progress)
-    metrics = run_training(cfg, log=_log)
+                      progress=progress, overwrite=True)
+    metrics = train_and_export(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"open {Path(out) / 'report.html'}; try: sightwise predict {Path(out) / 'bundle'} "
          f"{data / 'brick' / 'brick_000.png'}")
 
 
 @app.command("models-available")
+@user_errors
 def models_available() -> None:
     """List the backbones this installation can build."""
     from sightwise.models.registry import list_backbones

@@ -35,6 +35,7 @@ class TrainConfig:
     labels: str = "top"  # class = top folder, or "leaf" = the whole folder path
     workers: int = 2
     progress: bool = True
+    overwrite: bool = False  # replace an existing OUT/bundle
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

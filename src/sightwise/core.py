@@ -113,14 +113,17 @@ def top_k_indices(probs, k: int) -> np.ndarray:
 
 
 def make_session(model: str | Path | bytes, threads: int | None = None, *,
-                 optimize: bool = True):
+                 optimize: bool = True, quiet: bool = False):
     """An onnxruntime CPU session; `threads` intra-op threads (None/0: one per core).
 
-    `model` is a file path or the serialised graph's bytes.
+    `model` is a file path or the serialised graph's bytes; `quiet` silences onnxruntime's
+    warnings (e.g. about the undeclared shapes of probe outputs).
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    if quiet:
+        opts.log_severity_level = 3
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     opts.intra_op_num_threads = int(threads or 0)
@@ -152,7 +155,7 @@ def git_commit() -> str | None:
                              capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
 # -- model references ----------------------------------------------------------------------

@@ -20,8 +20,9 @@ def test_bundle_is_an_anomaly_bundle(detector_dir):
     b = load_bundle(detector_dir)  # verifies every file's sha256
     assert b.task == "anomaly" and b.preprocessing.size == 64
     assert {"extractor.onnx", "memory.npy", "bundle.json"} <= {p.name for p in detector_dir.iterdir()}
-    assert set(b.meta["thresholds"]) == {"far", "f1"} and b.meta["threshold_mode"] == "far"
-    assert b.meta["metrics"]["memory_bank"] == pytest.approx(0.5 * b.meta["metrics"]["patches_total"], abs=1)
+    assert set(b.meta.raw["thresholds"]) == {"far", "f1"} and b.meta.raw["threshold_mode"] == "far"
+    m = b.meta.metrics
+    assert m["memory_bank"] == pytest.approx(0.5 * m["patches_total"], abs=1)
     with open(detector_dir / "memory.npy", "rb") as f:
         assert np.load(f, allow_pickle=False).dtype == np.float32
 

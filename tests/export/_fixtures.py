@@ -46,7 +46,7 @@ def exported_bundle(base: Path) -> tuple[Path, Path]:
 def copy_bundle(src: Path, dst: Path, **preprocessing) -> Path:
     """A copy of `src` whose bundle.json says different preprocessing (same size)."""
     shutil.copytree(src, dst)
-    meta = dict(load_bundle(dst).meta)
+    meta = load_bundle(dst).meta.to_dict()
     meta["preprocessing"] = {**meta["preprocessing"], **preprocessing}
     meta.pop("files")
     write_bundle_meta(dst, meta)

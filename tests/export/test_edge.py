@@ -81,7 +81,7 @@ def test_refuses_to_replace_a_folder_that_is_not_a_package(exported, tmp_path):
 
 def _images(exported, tmp_path) -> list[str]:
     bundle = load_bundle(exported[0])
-    root = Path(bundle.meta["data"]["root"])
+    root = Path(bundle.meta.raw["data"]["root"])
     paths = [str(root / c / f"{c}_00{i}.png") for c in bundle.classes[:3] for i in range(2)]
     odd = tmp_path / "odd.jpg"
     Image.open(paths[0]).convert("L").resize((90, 51)).save(odd)

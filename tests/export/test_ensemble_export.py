@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from sightwise.bundle import load_bundle, write_bundle_meta
+from sightwise.core import make_session
 from sightwise.export.api import export_bundle
-from sightwise.export.onnx_export import INPUT_NAME, OUTPUT_NAMES, make_session
+from sightwise.export.onnx_export import INPUT_NAME, OUTPUT_NAMES
 from sightwise.models.classifier import average_of
 from sightwise.models.io import ensemble_meta, load_classifier, save_weights
 
@@ -23,7 +24,7 @@ def test_an_ensemble_bundle_exports_with_parity(trained_bundle, tmp_path):
         two.head.weight.mul_(0.5)
     avg = average_of([one, two], hflip=True)
     save_weights(avg, dst / "weights.safetensors")
-    meta = {k: v for k, v in load_bundle(dst, verify=False).meta.items() if k != "files"}
+    meta = load_bundle(dst, verify=False).meta.to_dict()
     meta["model"] = {**meta["model"], "num_features": avg.num_features, **ensemble_meta(avg)}
     write_bundle_meta(dst, meta)
 

@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from sightwise.bundle import load_bundle
+from sightwise.core import make_session
 from sightwise.export.onnx_export import (
     INPUT_NAME,
     OUTPUT_NAMES,
     export_onnx,
     fold_static_shapes,
-    make_session,
 )
 from sightwise.models.classifier import Classifier
 from sightwise.models.io import load_classifier
@@ -31,7 +31,7 @@ def test_graph_io_names_and_dynamic_batch_only(exported):
     size = bundle.preprocessing.size
     assert dims[0].dim_param == "batch"
     assert [d.dim_value for d in dims[1:]] == [3, size, size]
-    assert bundle.meta["export"]["opset"] == 17
+    assert bundle.meta.raw["export"]["opset"] == 17
     assert any(o.version == 17 for o in g.opset_import if o.domain in ("", "ai.onnx"))
 
 
@@ -78,7 +78,7 @@ def test_head_npz_reproduces_the_logits(exported):
     bundle = load_bundle(exported[0])
     with np.load(bundle.file("head.npz"), allow_pickle=False) as z:
         w, b = z["weight"], z["bias"]
-    assert w.dtype == np.float32 and w.shape == (len(bundle.classes), bundle.meta["model"]["num_features"])
+    assert w.dtype == np.float32 and w.shape == (len(bundle.classes), bundle.meta.num_features)
     logits, emb = make_session(bundle.file("model.onnx")).run(
         ["logits", "embedding"], {INPUT_NAME: _batch(4, bundle.preprocessing.size)})
     np.testing.assert_allclose(emb @ w.T + b, logits, rtol=1e-4, atol=1e-4)

@@ -72,14 +72,14 @@ def test_parity_json_contract_and_bundle_listing(exported):
     bundle = load_bundle(exported[0])  # verifies every sha256
     report = json.loads(bundle.file("parity.json").read_text())
     assert report["passed"] is True and report["split"] == "test"
-    assert report["n"] == bundle.meta["metrics"]["test"]["n"]
-    assert report["torch"]["accuracy"] == pytest.approx(bundle.meta["metrics"]["test"]["accuracy"])
+    assert report["n"] == bundle.meta.raw["metrics"]["test"]["n"]
+    assert report["torch"]["accuracy"] == pytest.approx(bundle.meta.raw["metrics"]["test"]["accuracy"])
     assert set(report["fp32"]) >= {"accuracy", "agreement", "max_abs_dprob"}
     assert set(report["int8"]) >= {"accuracy", "agreement", "max_abs_dprob", "size_ratio"}
     assert report["int8"]["size_ratio"] > 3.0  # int8 weights, a quarter of the bytes
     for name in ("model.onnx", "model.int8.onnx", "head.npz", "parity.json"):
-        assert bundle.meta["files"][name]["sha256"] == sha256_path(bundle.path / name)
-    export = bundle.meta["export"]
+        assert bundle.meta.raw["files"][name]["sha256"] == sha256_path(bundle.path / name)
+    export = bundle.meta.raw["export"]
     assert export["parity_passed"] is True and export["forced"] is False
     assert export["parity"]["int8"] == report["int8"]
     assert export["calibration"]["source"] == "train split of manifest.csv"
@@ -98,7 +98,7 @@ def test_failing_gate_raises_marks_the_bundle_and_the_runtime_refuses(
         export_bundle(b, edge_dir=tmp_path / "edge", gate=IMPOSSIBLE, log=lambda _m: None)
     assert isinstance(err.value, SightwiseError)
     assert "fp32 top-1 agreement with PyTorch is 100.00%, below the required 101.00%" in str(err.value)
-    meta = load_bundle(b).meta  # still a valid bundle, now marked
+    meta = load_bundle(b).meta.raw  # still a valid bundle, now marked
     assert meta["export"]["parity_passed"] is False and meta["export"]["forced"] is False
     assert not (tmp_path / "edge").exists()  # nothing shipped
     with pytest.raises(BundleError, match="failed the parity gate"):
@@ -106,7 +106,7 @@ def test_failing_gate_raises_marks_the_bundle_and_the_runtime_refuses(
 
     report = export_bundle(b, force=True, gate=IMPOSSIBLE, log=lambda _m: None)
     assert report["passed"] is False
-    meta = load_bundle(b).meta
+    meta = load_bundle(b).meta.raw
     assert meta["export"]["parity_passed"] is False and meta["export"]["forced"] is True
     assert Predictor(b).predict_images([]) == []
 
@@ -116,5 +116,5 @@ def test_reexport_without_int8_drops_the_stale_int8_graph(exported, tmp_path):
     report = export_bundle(b, log=lambda _m: None)
     bundle = load_bundle(b)
     assert report["int8"] is None and not (b / "model.int8.onnx").exists()
-    assert "model.int8.onnx" not in bundle.meta["files"]
-    assert bundle.meta["export"]["int8_passed"] is None
+    assert "model.int8.onnx" not in bundle.meta.raw["files"]
+    assert bundle.meta.raw["export"]["int8_passed"] is None

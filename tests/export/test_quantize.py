@@ -24,7 +24,7 @@ def test_bundle_samples_resolve_against_data_root(trained_bundle):
     bundle = load_bundle(trained_bundle)
     rows = [r for r in _manifest(bundle) if r["split"] == "train"]
     samples = bundle_samples(bundle, "train")
-    root = bundle.meta["data"]["root"]
+    root = bundle.meta.raw["data"]["root"]
     assert [s.source for s in samples] == [f"{root}/{r['path']}" for r in rows]
     assert [bundle.classes[s.label] for s in samples] == [r["label"] for r in rows]
     assert all(s.split == "train" for s in samples)

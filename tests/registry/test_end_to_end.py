@@ -43,7 +43,7 @@ def track(run: Path) -> str:
 
 def altered_copy(src: Path, dst: Path, change) -> Path:
     shutil.copytree(src, dst)
-    meta = dict(load_bundle(dst).meta)
+    meta = load_bundle(dst).meta.to_dict()
     meta.pop("files")
     change(meta)
     write_bundle_meta(dst, meta)

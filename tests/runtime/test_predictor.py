@@ -67,7 +67,7 @@ def test_run_returns_the_three_outputs_and_checks_the_shape(exported):
     s = p.preprocessing.size
     assert set(out) == {"logits", "embedding", "features"}
     assert out["logits"].shape == (3, len(p.classes))
-    assert out["features"].shape[:2] == (3, p.bundle.meta["model"]["num_features"])
+    assert out["features"].shape[:2] == (3, p.bundle.meta.raw["model"]["num_features"])
     assert p.preprocess(images).shape == (3, 3, s, s)
     with pytest.raises(ValueError, match=r"\(N, 3, 64, 64\)"):
         p.run(np.zeros((1, 3, s + 1, s + 1), np.float32))

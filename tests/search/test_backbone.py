@@ -16,7 +16,7 @@ from sightwise.runtime import Predictor
 def test_backbone_bundle_embeds_like_torch(tmp_path):
     out = write_backbone_bundle(tmp_path / "bb", img_size=64)
     bundle = load_bundle(out)
-    assert bundle.task == "embedding" and bundle.meta["model"]["num_features"] == 1280
+    assert bundle.task == "embedding" and bundle.meta.raw["model"]["num_features"] == 1280
     p = Predictor(bundle, threads=1)
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (80, 70, 3), np.uint8)) for _ in range(2)]

@@ -32,7 +32,7 @@ def bundle_version(src: Path, dst: Path, temperature: float) -> Path:
     """A re-hashed copy of `src` with another calibration temperature: same classes, other
     probabilities, so a response shows which version computed it."""
     shutil.copytree(src, dst)
-    meta = dict(load_bundle(dst).meta)
+    meta = load_bundle(dst).meta.to_dict()
     meta["calibration"] = {**meta.get("calibration", {}), "temperature": float(temperature)}
     meta.pop("files")
     write_bundle_meta(dst, meta)

@@ -117,7 +117,7 @@ def test_model_info_health_and_readiness(client, served_bundle, reference):
     info = client.get("/v1/model").json()
     assert info["name"] == "parts" and info["version"] == 7
     assert info["classes"] == reference.classes
-    assert info["metrics"] == reference.bundle.meta["metrics"]
+    assert info["metrics"] == reference.bundle.meta.raw["metrics"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["loaded_at"])
     assert info["last_swap_error"] is None
     health = client.get("/healthz").json()

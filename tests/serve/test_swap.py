@@ -126,7 +126,7 @@ def test_admin_reload_rereads_a_bundle_folder(versions, sample_images, tmp_path,
     with TestClient(create_app(folder, name="local", token=TOKEN)) as c:
         before = _version_of(c)
         assert before.startswith("local-")
-        meta = dict(load_bundle(folder).meta)
+        meta = load_bundle(folder).meta.to_dict()
         meta["calibration"] = {**meta["calibration"], "temperature": 4.0}
         meta.pop("files")
         write_bundle_meta(folder, meta)  # re-exported in place, as `sightwise export` would

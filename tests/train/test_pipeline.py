@@ -50,8 +50,8 @@ def test_contract_files_and_metrics(small_run):
     assert (out / "report.html").stat().st_size > 10_000
     bundle = load_bundle(out / "bundle")  # verifies every file's sha256
     assert bundle.classes == ["apple", "banana", "cherry"]
-    assert bundle.meta["data"]["manifest_sha256"] == m["data"]["manifest_sha256"]
-    assert bundle.meta["preprocessing"]["size"] == 32
+    assert bundle.meta.raw["data"]["manifest_sha256"] == m["data"]["manifest_sha256"]
+    assert bundle.meta.raw["preprocessing"]["size"] == 32
 
 
 def test_reported_metrics_match_bundle_predictions(small_run):
@@ -76,7 +76,7 @@ def test_an_ensemble_run_bundles_one_network_that_predict_reproduces(tmp_path, i
     res = _train(data, out, "--strategy", "scratch", "--members", "2", "--epochs", "1",
                  "--img-size", "32")
     assert res.exit_code == 0, res.output
-    model_meta = load_bundle(out / "bundle").meta["model"]
+    model_meta = load_bundle(out / "bundle").meta.raw["model"]
     assert model_meta["members"] == 2 and model_meta["hflip"] is True
     m = json.loads((out / "metrics.json").read_text())
     assert [c["seed"] for c in m["strategy"]["candidates"]["scratch"]["members"]] == [0, 1]

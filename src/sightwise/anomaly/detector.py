@@ -19,10 +19,10 @@ from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from sightwise.anomaly.patchcore import PatchCore
 from sightwise.bundle import Bundle, load_bundle
+from sightwise.core import make_session
 from sightwise.data.preprocess import Preprocessing, normalize, resize_rgb
 from sightwise.errors import BundleError
 from sightwise.heatmap import colorize, upsample
-from sightwise.runtime.predictor import make_session
 
 SIGMA = 4.0  # PatchCore's Gaussian smoothing of the upsampled map
 
@@ -85,10 +85,15 @@ class Detector:
         self.bundle = b
         self.pre = b.preprocessing
         self.session = make_session(b.file("extractor.onnx"), threads)
-        border = int(b.meta.get("anomaly", {}).get("border", 0))
+        border = int(b.meta.section("anomaly").get("border", 0))
         self.core = PatchCore(1.0, threads=threads, border=border).set_bank(
             load_memory(b.file("memory.npy")))
-        self.threshold = float(b.meta["threshold"])
+        threshold = b.meta.raw.get("threshold")
+        if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
+                or not np.isfinite(threshold):
+            raise BundleError(f"{b.path}: bundle.json threshold must be a finite number, "
+                              f"found {threshold!r}")
+        self.threshold = float(threshold)
 
     def features(self, images: Sequence[Image.Image], batch_size: int = 16) -> np.ndarray:
         out = []

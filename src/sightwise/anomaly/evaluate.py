@@ -73,7 +73,7 @@ def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path
     result = {"image_auroc": image_auroc(scores, y), "pixel_auroc": None, "pro": None,
               "false_alarm_rate": counts["false_alarm_rate"], "f1": counts["f1"],
               "precision": counts["precision"], "recall": counts["recall"],
-              "threshold": det.threshold, "threshold_mode": det.bundle.meta.get("threshold_mode"),
+              "threshold": det.threshold, "threshold_mode": det.bundle.meta.raw.get("threshold_mode"),
               "n_good": len(g_scores), "n_defect": len(d_scores),
               "pixel_auroc_defect_images": None, "pixel_auroc_within_image": None}
     d_masks = [_mask_for(f, Path(defect), Path(masks) if masks else None, size) for f in d_files]

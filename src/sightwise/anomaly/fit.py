@@ -153,7 +153,7 @@ def _scores(core: PatchCore, extractor: Path, files: list[Path], pre, threads) -
 
 
 def _onnx_features(path: Path, x: np.ndarray, threads: int | None, batch: int = 16) -> np.ndarray:
-    from sightwise.runtime.predictor import make_session
+    from sightwise.core import make_session
 
     sess = make_session(path, threads)
     return np.concatenate([sess.run(["features"], {"image": x[i:i + batch]})[0]

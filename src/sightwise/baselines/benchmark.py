@@ -46,6 +46,7 @@ from sightwise.baselines.traditional import (
 )
 from sightwise.bundle import atomic_write_bytes, atomic_write_json
 from sightwise.config import TrainConfig
+from sightwise.core import git_commit, package_versions
 from sightwise.data.cache import build_cache, check_usable
 from sightwise.data.datasets import Dataset, load_dataset
 from sightwise.data.preprocess import Preprocessing, resize_rgb
@@ -56,7 +57,7 @@ from sightwise.models.classifier import build_classifier
 from sightwise.train.budget import Budget
 from sightwise.train.features import extract_features, frozen_extractor
 from sightwise.train.finetune import evaluate_logits, fit
-from sightwise.train.pipeline import git_commit, package_versions, resolve_preprocessing
+from sightwise.train.pipeline import resolve_preprocessing
 from sightwise.train.strategies import learning_rates, new_model
 
 METHODS = ("knn_pixels", "hog_svm", "linear_probe", "finetune", "scratch")

@@ -20,11 +20,12 @@ import onnxruntime as ort
 import torch
 
 from sightwise.bundle import Bundle, atomic_write_json, load_bundle, write_bundle_meta
+from sightwise.core import make_session
 from sightwise.data.preprocess import Preprocessing, normalize
 from sightwise.errors import BundleError
 from sightwise.export.edge import check_edge_target, write_edge_package
 from sightwise.export.manifest import bundle_samples, load_images, unchanged
-from sightwise.export.onnx_export import export_onnx, make_session, run_logits, save_head
+from sightwise.export.onnx_export import export_onnx, run_logits, save_head
 from sightwise.export.parity import GATE, Gate, ParityError, failure_message, parity_report
 from sightwise.export.quantize import (
     DEFAULT_CALIB_SIZE,
@@ -36,6 +37,23 @@ from sightwise.models.io import load_classifier
 from sightwise.train.augment import to_input
 
 FP32, INT8, HEAD, PARITY = "model.onnx", "model.int8.onnx", "head.npz", "parity.json"
+
+
+def train_and_export(cfg, log=print) -> dict:
+    """`sightwise train`: train, evaluate and bundle (`run_training`), then export the fp32
+    ONNX graph with its parity check, so every bundle predicts, explains and serves through
+    onnxruntime without torch. Returns the metrics (metrics.json gains an "export" entry).
+
+    A failed parity gate raises `ParityError` (the bundle is kept and marked)."""
+    from sightwise.train.pipeline import run_training
+
+    metrics = run_training(cfg, log=log)
+    run_dir = Path(cfg.out)
+    report = export_bundle(run_dir / "bundle", log=log)
+    metrics["export"] = {"fp32_passed": bool(report["passed"]), "split": report["split"],
+                         "n": report["n"], "fp32": report["fp32"]}
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
 
 
 def export_bundle(
@@ -78,7 +96,7 @@ def export_bundle(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     entry = _export_entry(report, opset=opset, force=force, int8=int8, calib=calib_info)
-    meta = {k: v for k, v in bundle.meta.items() if k != "files"}
+    meta = bundle.meta.to_dict()
     write_bundle_meta(bundle.path, {**meta, "export": entry})
     _log_report(report, log)
     if not report["passed"] and not force:

@@ -23,7 +23,7 @@ from sightwise.types import Sample
 
 def bundle_samples(bundle: Bundle, split: str) -> list[Sample]:
     """Samples of `split` from the bundle's manifest, sources made absolute."""
-    root = Path(bundle.meta.get("data", {}).get("root", "."))
+    root = Path(bundle.meta.data.get("root", "."))
     index = {c: i for i, c in enumerate(bundle.classes)}
     with open(bundle.file("manifest.csv"), newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))

@@ -21,7 +21,7 @@ import torch
 from onnx import numpy_helper
 from torch import nn
 
-from sightwise.bundle import atomic_write_bytes
+from sightwise.core import atomic_write_bytes, make_session
 from sightwise.models.classifier import Classifier
 
 INPUT_NAME = "image"
@@ -115,11 +115,8 @@ def probe_session(model: onnx.ModelProto, names: list[str], *,
     probe.CopyFrom(model)
     del probe.graph.output[:]
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session = make_session(probe.SerializeToString(), optimize=optimize, quiet=True)
+    return session
 
 
 def _evaluate(model: onnx.ModelProto, names: list[str], size: int, batch: int) -> dict:
@@ -153,15 +150,6 @@ def save_head(model: Classifier, path: Path) -> None:
         bias=model.head.bias.detach().cpu().numpy().astype(np.float32),
     )
     atomic_write_bytes(Path(path), buf.getvalue())
-
-
-def make_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """The same session settings as `sightwise.runtime` (which cannot be imported here:
-    imports flow export -> runtime, never back)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = int(threads or 0)  # 0: onnxruntime picks the core count
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_logits(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 32) -> np.ndarray:

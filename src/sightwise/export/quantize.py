@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 from onnxruntime.quantization import (
     CalibrationDataReader,
@@ -43,7 +42,8 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from sightwise.bundle import Bundle, atomic_write_bytes
+from sightwise.bundle import Bundle
+from sightwise.core import atomic_write_bytes, make_session
 from sightwise.data.preprocess import Preprocessing, normalize
 from sightwise.export.gptq import apply_gptq
 from sightwise.export.manifest import (
@@ -172,7 +172,7 @@ def sensitive_convs(float_model: onnx.ModelProto, images: np.ndarray, pre: Prepr
     x = normalize(images, pre)
 
     def run() -> list[np.ndarray]:
-        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = make_session(model.SerializeToString())
         return session.run(outputs, {INPUT_NAME: x})
 
     reference = run()

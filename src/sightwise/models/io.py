@@ -20,7 +20,7 @@ def save_weights(model: Classifier, path: Path) -> None:
 
 def load_classifier(bundle: Bundle) -> Classifier:
     """Rebuild the network named in bundle.json and load its verified safetensors."""
-    arch = bundle.meta["model"]
+    arch = bundle.meta.model
     model = build_classifier(arch["name"], int(arch["num_classes"]), pretrained=False,
                              members=int(arch.get("members", 1)), hflip=bool(arch.get("hflip", False)))
     state = load_file(str(bundle.file("weights.safetensors")))

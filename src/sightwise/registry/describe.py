@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from sightwise.registry.promote import settled_history
-from sightwise.registry.resolve import alias_version, check_version
+from sightwise.registry.resolve import alias_version, check_version, parse_ref
 from sightwise.registry.store import (
     RegistryError,
     check_reference_text,
     mlflow_client,
-    validate_alias,
     validate_name,
 )
 from sightwise.registry.versions import lineage, search_versions, version_record
@@ -19,14 +18,13 @@ def show_record(ref: str) -> dict:
     model's "history" of alias moves."""
     text = check_reference_text(str(ref))
     client = mlflow_client()
-    if "@" in text:
-        name, alias = text.split("@", 1)
-        version = alias_version(client, validate_name(name), validate_alias(alias))
-    elif "/" in text:
-        name, _, v = text.rpartition("/")
-        if not v.isdigit():
-            raise RegistryError(f"invalid reference {text!r}: use NAME, NAME@ALIAS or NAME/VERSION")
-        version = check_version(client, validate_name(name), int(v))
+    parsed = parse_ref(text)
+    if parsed is not None:
+        name, alias, v = parsed
+        version = (alias_version(client, name, alias) if alias
+                   else check_version(client, name, v))
+    elif "@" in text or "/" in text:
+        raise RegistryError(f"invalid reference {text!r}: use NAME, NAME@ALIAS or NAME/VERSION")
     else:
         name = validate_name(text)
         versions = [int(v.version) for v in search_versions(client, name)]

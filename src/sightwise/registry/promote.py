@@ -21,6 +21,7 @@ import uuid
 from pathlib import Path
 
 from sightwise.bundle import Bundle, atomic_write_bytes, load_bundle
+from sightwise.registry.resolve import open_version
 from sightwise.registry.store import (
     PromotionRefused,
     RegistryError,
@@ -113,7 +114,7 @@ def test_fingerprint(bundle: Bundle) -> str | None:
     """sha256 of the test split's (file sha256, label) pairs from the bundle's manifest:
     the same test images even when the data moved or the seed re-drew train/val."""
     path = bundle.path / "manifest.csv"
-    if "manifest.csv" not in bundle.meta.get("files", {}) or not path.is_file():
+    if not bundle.has("manifest.csv") or not path.is_file():
         return None
     rows = sorted(f"{r.get('sha256')},{r.get('label')}" for r in
                   csv.DictReader(io.StringIO(path.read_text(encoding="utf-8")))
@@ -122,8 +123,8 @@ def test_fingerprint(bundle: Bundle) -> str | None:
 
 
 def same_test_data(a: Bundle, b: Bundle) -> bool:
-    sa = a.meta.get("data", {}).get("manifest_sha256")
-    sb = b.meta.get("data", {}).get("manifest_sha256")
+    sa = a.meta.data.get("manifest_sha256")
+    sb = b.meta.data.get("manifest_sha256")
     if sa and sa == sb:
         return True
     ta, tb = test_fingerprint(a), test_fingerprint(b)
@@ -131,7 +132,7 @@ def same_test_data(a: Bundle, b: Bundle) -> bool:
 
 
 def _macro_f1(bundle: Bundle) -> float | None:
-    value = bundle.meta.get("metrics", {}).get("test", {}).get("macro_f1")
+    value = bundle.meta.metrics.get("test", {}).get("macro_f1")
     return float(value) if isinstance(value, (int, float)) else None
 
 
@@ -141,7 +142,7 @@ def _parity_message(cand: Bundle, cand_v: int, state: str) -> str:
     if state == "missing":
         return (f"v{cand_v} has no export parity record (run `sightwise export` on the bundle "
                 "before registering it)")
-    failed = (cand.meta.get("export") or {}).get("failed_checks") or []
+    failed = list(cand.meta.export.failed_checks) if cand.meta.export else []
     return (f"v{cand_v} failed its export parity gate"
             + (" (kept with export --force)" if state == "forced" else "")
             + (": " + "; ".join(failed) if failed else ""))
@@ -150,14 +151,14 @@ def _parity_message(cand: Bundle, cand_v: int, state: str) -> str:
 def gate_checks(cand: Bundle, cand_v: int, holder: Bundle | None, holder_v: int | None,
                 alias: str, tolerance: float) -> list[dict]:
     """[{"check", "passed", "message"}]: parity, then test data and macro-F1 vs the holder."""
-    state = parity_state(cand.meta)
+    state = parity_state(cand.meta.raw)
     checks = [{"check": "parity", "passed": state == "passed",
                "message": _parity_message(cand, cand_v, state)}]
     if holder is None:
         return checks
     if not same_test_data(cand, holder):
-        sa = str(cand.meta.get("data", {}).get("manifest_sha256", "?"))[:12]
-        sb = str(holder.meta.get("data", {}).get("manifest_sha256", "?"))[:12]
+        sa = str(cand.meta.data.get("manifest_sha256", "?"))[:12]
+        sb = str(holder.meta.data.get("manifest_sha256", "?"))[:12]
         checks.append({"check": "test-data", "passed": False, "message": (
             f"test data differ: v{cand_v} was tested on data manifest {sa}..., {alias} "
             f"v{holder_v} on {sb}...; their macro-F1 are not comparable")})
@@ -208,7 +209,7 @@ def promote(name: str, version: int, *, alias: str = DEFAULT_ALIAS, force: bool 
         holder_v = holder_of(client, name, alias)  # also: the model exists
         _existing_version(client, name, version)
         entries = _settle(client, name)
-        cand = load_bundle(version_dir(name, version))  # every file verified before serving
+        cand = open_version(name, version, client=client)  # verified, as registered
         if holder_v == version:
             return {"action": "none", "alias": alias, "from": version, "to": version,
                     "checks": [], "message": f"{alias} already points to {name} v{version}"}
@@ -271,7 +272,7 @@ def rollback(name: str, *, alias: str = DEFAULT_ALIAS, reason: str | None = None
         if target is None:
             raise RegistryError(f"nothing to roll back to: the history of {name}@{alias} has no "
                                 f"holder before v{current}")
-        load_bundle(version_dir(name, target))  # verify before it serves again
+        open_version(name, target, client=client)  # verify before it serves again
         entry = _entry("rollback", alias, current, target, forced=False, overridden=[],
                        reason=reason, who=who)
         return _move_alias(client, name, entry, entries)

@@ -14,17 +14,14 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote
 
+from sightwise import core
 from sightwise.errors import SightwiseError
 
-# 1..100 characters, no path separators, not hidden: a name is also a folder name.
-NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,99}")
-ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")
 LOCK_TIMEOUT_S = 120.0
 
 
@@ -65,21 +62,25 @@ def bundles_root() -> Path:
 
 
 def validate_name(name: str) -> str:
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise RegistryError(
-            f"invalid model name {name!r}: use 1-100 letters, digits, '-', '_' or '.', "
-            "not starting with '.'")
-    return name
+    """The one grammar for model names (sightwise.core), as a RegistryError."""
+    try:
+        return core.validate_name(name)
+    except core.ModelRefError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def validate_alias(alias: str) -> str:
-    # MLflow reserves "latest" and "v<number>" (they would shadow version references).
-    if (not isinstance(alias, str) or not ALIAS_RE.fullmatch(alias) or alias.lower() == "latest"
-            or re.fullmatch(r"[vV]\d+", alias)):
-        raise RegistryError(
-            f"invalid alias {alias!r}: use 1-64 letters, digits, '-' or '_', starting with a "
-            "letter (not 'latest' or 'v<number>')")
-    return alias
+    try:
+        return core.validate_alias(alias)
+    except core.ModelRefError as exc:
+        raise RegistryError(str(exc)) from None
+
+
+def validate_version(version) -> int:
+    try:
+        return core.validate_version(version)
+    except core.ModelRefError as exc:
+        raise RegistryError(str(exc)) from None
 
 
 def check_reference_text(text: str) -> str:

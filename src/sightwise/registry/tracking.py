@@ -14,11 +14,10 @@ import json
 import math
 import os
 import re
-import subprocess
-from importlib import metadata
 from pathlib import Path
 
 from sightwise.bundle import atomic_write_json
+from sightwise.core import git_commit, package_versions
 from sightwise.registry.store import (
     artifact_root,
     current_user,
@@ -32,7 +31,6 @@ RUN_RECORD = ".sightwise_mlflow.json"  # dot: never hashed into a bundle by writ
 # Files of a run folder worth keeping next to the bundle (never the decoded-image cache).
 REPORT_FILES = ("report.html", "metrics.json", "manifest.csv", "benchmark.json", "benchmark.md",
                 "benchmark.png", "learning_curve.json", "learning_curve.png", "parity.json")
-PACKAGES = ("sightwise", "torch", "timm", "numpy", "scikit-learn", "onnxruntime", "mlflow")
 MAX_PARAM_LEN = 6000  # MLflow's limit on a param value
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
 
@@ -150,7 +148,7 @@ def run_tags(kind: str, run_dir: Path, metrics: dict, meta: dict, bundle_dir: Pa
     data_sha = (metrics.get("data", {}) if isinstance(metrics.get("data"), dict) else {}).get(
         "manifest_sha256") or meta.get("data", {}).get("manifest_sha256")
     commit = meta.get("git_commit") or git_commit()
-    versions = meta.get("versions") or installed_versions()
+    versions = meta.get("versions") or package_versions()
     tags = {"sightwise.kind": kind, "sightwise.run_dir": str(run_dir.absolute()),
             "mlflow.source.name": f"sightwise {kind}", "mlflow.source.type": "LOCAL",
             "mlflow.user": current_user(with_host=False)}
@@ -163,28 +161,6 @@ def run_tags(kind: str, run_dir: Path, metrics: dict, meta: dict, bundle_dir: Pa
     for pkg, ver in versions.items():
         tags[f"sightwise.version.{_clean_key(pkg)}"] = str(ver)
     return tags
-
-
-def installed_versions() -> dict:
-    """Package versions from their metadata: no import (torch alone takes seconds)."""
-    import platform
-
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
-
-
-def git_commit() -> str | None:
-    try:
-        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (res.stdout.strip() or None) if res.returncode == 0 else None
 
 
 def _read_meta(bundle_dir: Path | None) -> dict:

@@ -17,7 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
-from sightwise.bundle import Bundle, load_bundle, sha256_path
+from sightwise.bundle import Bundle, find_bundle_dir, load_bundle
+from sightwise.core import sha256_path
 from sightwise.errors import BundleError
 from sightwise.registry.store import (
     RegistryError,
@@ -33,18 +34,10 @@ from sightwise.registry.tracking import recorded_runs
 KEY_METRICS = ("n", "accuracy", "macro_f1", "auroc", "ece")
 
 
-def locate_bundle(source: Path) -> Path:
-    """A bundle folder, or a run folder holding one in ``bundle/``."""
-    source = Path(source)
-    if not (source / "bundle.json").is_file() and (source / "bundle" / "bundle.json").is_file():
-        return source / "bundle"
-    return source
-
-
 def register_bundle(source: str | Path, name: str, *, log=None) -> dict:
     """Copy a verified bundle (or RUN/bundle) into the store as NAME's next version."""
     validate_name(name)
-    bundle = load_bundle(locate_bundle(Path(source)))  # refuses pickles, escapes, tampering
+    bundle = load_bundle(find_bundle_dir(source))  # refuses pickles, escapes, tampering
     runs = recorded_runs(bundle.path, bundle.path.parent)
     client = mlflow_client()
     with store_lock():
@@ -82,7 +75,7 @@ def _stage_copy(bundle: Bundle, folder: Path) -> Path:
     make the files read-only and verify the copy."""
     staged = Path(tempfile.mkdtemp(dir=folder, prefix=".incoming-"))
     try:
-        for name in ["bundle.json", *bundle.meta.get("files", {})]:
+        for name in ["bundle.json", *bundle.meta.files]:
             dst = staged / name
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(bundle.path / name, dst)
@@ -93,7 +86,7 @@ def _stage_copy(bundle: Bundle, folder: Path) -> Path:
         copy = load_bundle(staged)
         if sha256_path(staged / "bundle.json") != sha256_path(bundle.path / "bundle.json"):
             raise BundleError(f"{bundle.path} changed while it was being registered; try again")
-        if copy.meta.get("files") != bundle.meta.get("files"):
+        if dict(copy.meta.files) != dict(bundle.meta.files):
             raise BundleError(f"{bundle.path} changed while it was being registered; try again")
         _fsync_dir(staged)
     except BaseException:
@@ -153,7 +146,7 @@ def _fsync_dir(path: Path) -> None:
 
 def version_tags(bundle: Bundle, runs: dict, source: str) -> dict:
     """Summary tags for the MLflow UI; Sightwise itself reads the immutable bundle.json."""
-    meta = bundle.meta
+    meta = bundle.meta.raw
     export = meta.get("export") or {}
     tags = {
         "sightwise.metrics": json.dumps(key_metrics(meta)),
@@ -171,9 +164,9 @@ def version_tags(bundle: Bundle, runs: dict, source: str) -> dict:
 
 
 def _describe(bundle: Bundle) -> str:
-    m = bundle.meta.get("model", {})
+    m = bundle.meta.model
     return (f"{bundle.task}: {m.get('name', '?')} ({m.get('strategy', '?')}), "
-            f"{len(bundle.meta.get('classes', []))} classes")
+            f"{len(bundle.classes)} classes")
 
 
 def key_metrics(meta: dict) -> dict:

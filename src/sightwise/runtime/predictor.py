@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 from PIL import Image
 
 from sightwise.bundle import Bundle, load_bundle
+from sightwise.core import make_session, softmax, top_k_indices
 from sightwise.data.decode import decode_image, to_rgb
 from sightwise.data.preprocess import Preprocessing, normalize, resize_rgb
 from sightwise.errors import BundleError, ImageDecodeError
@@ -22,37 +22,8 @@ from sightwise.runtime.cam import class_activation_map
 from sightwise.types import ClassScore, Prediction
 
 OUTPUTS = ("logits", "embedding", "features")
-FP32, INT8, HEAD = "model.onnx", "model.int8.onnx", "head.npz"
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Row-wise softmax(logits / T) in float64 arithmetic, returned as float32.
-
-    >>> softmax(np.array([[0.0, 0.0], [50.0, 0.0]]), 0.5).round(3).tolist()
-    [[0.5, 0.5], [1.0, 0.0]]
-    """
-    z = np.asarray(logits, np.float64) / float(temperature)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def make_session(path: Path, threads: int | None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.intra_op_num_threads = int(threads or 0)  # 0: onnxruntime picks the core count
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def _check_gate(bundle: Bundle, name: str) -> None:
-    """Refuse a graph that failed its parity gate at export, unless the export was forced:
-    it does not compute what was trained and evaluated."""
-    export = bundle.meta.get("export") or {}
-    passed = export.get("int8_passed" if name == INT8 else "fp32_passed", True)
-    if passed is False and not export.get("forced", False):
-        raise BundleError(
-            f"{bundle.path}: {name} failed the parity gate at export "
-            f"({'; '.join(export.get('failed_checks', [])) or 'see parity.json'}); "
-            "re-export it, or export with force to use it anyway")
+HEAD = "head.npz"
+__all__ = ["Predictor", "softmax", "make_session", "OUTPUTS"]
 
 
 class Predictor:
@@ -68,18 +39,34 @@ class Predictor:
             raise ValueError("batch_size must be at least 1")
         self.bundle = (bundle_or_path if isinstance(bundle_or_path, Bundle)
                        else load_bundle(bundle_or_path))
-        name = INT8 if int8 else FP32
-        if name not in self.bundle.meta.get("files", {}):
-            hint = "export it with int8" if int8 else "run `sightwise export` on it first"
-            raise BundleError(f"{self.bundle.path}: bundle has no {name}; {hint}")
-        _check_gate(self.bundle, name)
-        self.model_file = name
+        graph = self.bundle.graph(int8=int8)  # the one rule for which graph may run
+        self.model_file = graph.name
         self.classes: list[str] = self.bundle.classes
         self.preprocessing: Preprocessing = self.bundle.preprocessing
         self.temperature: float = self.bundle.temperature
         self.batch_size = int(batch_size)
-        self.session = make_session(self.bundle.file(name), threads)
+        self.session = make_session(graph, threads)
+        self._check_graph()
         self._head: tuple[np.ndarray, np.ndarray] | None = None
+
+    def _check_graph(self) -> None:
+        """The graph must take the bundle's input size and answer one logit per class:
+        a bundle.json that disagrees with its graph is refused here, in one line."""
+        where = f"{self.bundle.path}: {self.model_file}"
+        inputs = {i.name: i.shape for i in self.session.get_inputs()}
+        outputs = {o.name: o.shape for o in self.session.get_outputs()}
+        if "image" not in inputs or not set(OUTPUTS) <= set(outputs):
+            raise BundleError(f"{where} is not a Sightwise graph (inputs {sorted(inputs)}, "
+                              f"outputs {sorted(outputs)})")
+        s = self.preprocessing.size
+        fixed = [d for d in inputs["image"][1:] if isinstance(d, int)]
+        if fixed and fixed != [3, s, s][-len(fixed):]:
+            raise BundleError(f"{where} takes input {inputs['image']}, but bundle.json says "
+                              f"{s}x{s} px")
+        n = outputs["logits"][-1]
+        if self.bundle.task == "classification" and isinstance(n, int) and n != len(self.classes):
+            raise BundleError(f"{where} answers {n} classes, but bundle.json names "
+                              f"{len(self.classes)}")
 
     # -- arrays in, arrays out -------------------------------------------------------------
     def preprocess(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -118,7 +105,7 @@ class Predictor:
     def embed(self, images: Sequence[Image.Image], *, normalize: bool = False) -> np.ndarray:
         """Pooled pre-logits embeddings (N, D); `normalize=True` scales rows to unit L2."""
         if not images:
-            return np.zeros((0, int(self.bundle.meta["model"]["num_features"])), np.float32)
+            return np.zeros((0, int(self.bundle.meta.num_features or 0)), np.float32)
         emb = self._outputs(images, ["embedding"])["embedding"].astype(np.float32)
         if normalize:
             emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -174,5 +161,4 @@ class Predictor:
         return self._head
 
     def _top(self, probs: np.ndarray, k: int) -> tuple[ClassScore, ...]:
-        order = np.argsort(-probs, kind="stable")[: max(1, min(int(k), len(self.classes)))]
-        return tuple(ClassScore(self.classes[i], float(probs[i])) for i in order)
+        return tuple(ClassScore(self.classes[i], float(probs[i])) for i in top_k_indices(probs, k))

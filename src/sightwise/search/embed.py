@@ -53,7 +53,7 @@ def bundle_provenance(bundle: Bundle, ref: str) -> dict:
     """What an index records about the bundle that embedded it."""
     return {"ref": str(ref), "path": str(Path(bundle.path).resolve()),
             "bundle_json_sha256": sha256_path(Path(bundle.path) / "bundle.json"),
-            "task": bundle.task, "preprocessing": bundle.meta.get("preprocessing")}
+            "task": bundle.task, "preprocessing": bundle.preprocessing.to_dict()}
 
 
 def _decoded(records: list[dict], batch_size: int, on_error: Callable[[str, str], None]
@@ -84,7 +84,7 @@ def embed_records(predictor: Predictor, records: list[dict], *, progress: bool =
         if on_error is not None:
             on_error(path, reason)
 
-    dim = int(predictor.bundle.meta["model"]["num_features"])
+    dim = int(predictor.bundle.meta.num_features)
     parts, kept = [np.zeros((0, dim), np.float32)], []
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     bar = tqdm(total=len(records), unit="img", desc="embedding", disable=not progress)

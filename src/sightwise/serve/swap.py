@@ -87,8 +87,8 @@ class LoadedModel:
     def info(self) -> dict:
         meta = self.predictor.bundle.meta
         return {"name": self.name, "version": self.version, "classes": self.classes,
-                "metrics": meta.get("metrics", {}), "loaded_at": self.loaded_at,
-                "bundle_created": meta.get("created")}
+                "metrics": meta.metrics, "loaded_at": self.loaded_at,
+                "bundle_created": meta.created}
 
 
 def load_model(name: str, version: Version, path: str | Path, *,

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from sightwise.config import TrainConfig
+from sightwise.core import is_imbalanced
 from sightwise.data.preprocess import Preprocessing
 from sightwise.train.allocator import keep_freed_memory
 from sightwise.train.augment import augment_batch, make_augment, to_input
@@ -64,8 +65,7 @@ def set_trainable(model: nn.Module, unfreeze: str) -> None:
 def class_weights(y: np.ndarray, num_classes: int, balance: str) -> torch.Tensor | None:
     """Inverse-frequency loss weights when asked, or by default above 3:1 imbalance."""
     counts = np.bincount(y, minlength=num_classes).astype(np.float64)
-    present = counts[counts > 0]
-    if balance == "none" or (balance == "auto" and present.max() / present.min() <= 3.0):
+    if balance == "none" or (balance == "auto" and not is_imbalanced(counts)):
         return None
     w = np.where(counts > 0, counts.sum() / (num_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(w, dtype=torch.float32)

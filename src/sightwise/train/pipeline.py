@@ -5,8 +5,9 @@ Each step is a plain function; `run_training` calls them top to bottom.
 
 from __future__ import annotations
 
-import platform
-import subprocess
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,13 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sightwise import __version__
 from sightwise.bundle import write_bundle_meta
 from sightwise.config import TrainConfig
+from sightwise.core import git_commit, package_versions
 from sightwise.data.cache import ImageCache, build_cache, check_usable
 from sightwise.data.datasets import Dataset, load_dataset
 from sightwise.data.preprocess import Preprocessing
 from sightwise.data.splits import assign_splits, drop_leakage, find_leakage, write_manifest
+from sightwise.errors import SightwiseError
 from sightwise.models.io import ensemble_meta, save_weights
 from sightwise.models.registry import get_spec
 from sightwise.train.allocator import keep_freed_memory
@@ -112,42 +114,37 @@ def _realign(cache: ImageCache, ds: Dataset) -> ImageCache:
                       splits=np.array([s.split for s in ds.samples]), samples=list(ds.samples))
 
 
-def package_versions() -> dict:
-    import onnxruntime
-    import sklearn
-    import timm
-
-    return {"sightwise": __version__, "python": platform.python_version(),
-            "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__,
-            "scikit-learn": sklearn.__version__, "onnxruntime": onnxruntime.__version__}
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 def run_training(cfg: TrainConfig, log=print) -> dict:
     """Train, evaluate, report and bundle; returns the metrics dict (also metrics.json)."""
     from sightwise.train.evaluation import evaluate_and_report
 
     run_dir = Path(cfg.out)
+    check_out(run_dir, cfg.overwrite)
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    keep_freed_memory()  # feature extraction and training reuse freed blocks (allocator.py)
-    torch.manual_seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    budget = Budget(cfg.budget_s)
-    data = prepare_data(cfg, run_dir, log)
-    pre = data.preprocessing
-    log(_summary(data))
-    trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log)
-    metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)
-    write_bundle(cfg, pre, data, trained, metrics, run_dir / "bundle")
+    try:
+        keep_freed_memory()  # feature extraction and training reuse freed blocks (allocator.py)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        budget = Budget(cfg.budget_s)
+        data = prepare_data(cfg, run_dir, log)
+        pre = data.preprocessing
+        log(_summary(data))
+        trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log)
+        metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)
+        write_bundle(cfg, pre, data, trained, metrics, run_dir / "bundle")
+    except BaseException:
+        if created:  # a failed run leaves nothing behind it made
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     return metrics
+
+
+def check_out(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to replace a trained bundle (and its export) unless asked to."""
+    if (run_dir / "bundle").exists() and not overwrite:
+        raise SightwiseError(f"{run_dir / 'bundle'} already exists; pass --overwrite to replace "
+                             "it, or choose another --out")
 
 
 def _summary(data: PreparedData) -> str:
@@ -159,10 +156,23 @@ def _summary(data: PreparedData) -> str:
 
 
 def write_bundle(cfg, pre, data: PreparedData, trained: Trained, metrics: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():  # a rerun replaces the bundle whole
-        if f.is_file():
-            f.unlink()
+    """Write the bundle in a hidden folder beside `out`, then swap it in: a run that fails
+    here leaves the previous bundle (if any) as it was."""
+    final, out = out, Path(tempfile.mkdtemp(dir=out.parent, prefix=".bundle-"))
+    try:
+        _write_bundle_files(cfg, pre, data, trained, metrics, out)
+        if final.exists():
+            old = final.with_name(f".old-{final.name}-{os.getpid()}")
+            os.replace(final, old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _write_bundle_files(cfg, pre, data: PreparedData, trained: Trained, metrics: dict,
+                        out: Path) -> None:
+    os.chmod(out, 0o755)  # mkdtemp makes 0700; a bundle is read by servers and users
     save_weights(trained.model, out / "weights.safetensors")
     (out / "manifest.csv").write_bytes((Path(cfg.out) / "manifest.csv").read_bytes())
     report = Path(cfg.out) / "report.html"
