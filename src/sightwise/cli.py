@@ -120,6 +120,8 @@ def train(
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
     drop_leakage: Annotated[bool, typer.Option(help="Drop files duplicated across splits.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/bundle.")] = False,
+    allow_outside: Annotated[bool, typer.Option(help="Let a CSV manifest name files outside "
+                                                "its own folder.")] = False,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -134,7 +136,8 @@ def train(
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
                       ema_decay=ema_decay, members=members, tta=tta,
                       augment=augment, balance=balance, labels=labels,
-                      drop_leakage=drop_leakage, progress=progress, overwrite=overwrite)
+                      drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
+                      allow_outside=allow_outside)
     metrics = train_and_export(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")

@@ -36,6 +36,7 @@ class TrainConfig:
     workers: int = 2
     progress: bool = True
     overwrite: bool = False  # replace an existing OUT/bundle
+    allow_outside: bool = False  # a CSV manifest may name files outside its folder
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

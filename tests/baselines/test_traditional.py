@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 from PIL import Image
@@ -248,9 +246,3 @@ def test_labels_must_match_images(stripes):
     (xt, yt), (xv, yv) = stripes["train"], stripes["val"]
     with pytest.raises(ValueError, match="train"):
         tr.fit_knn_pixels(xt, yt[:-1], xv, yv)
-
-
-def test_docstring_examples_run():
-    # pytest only collects doctests from src when src is on the command line; run them here.
-    failed, attempted = doctest.testmod(tr, raise_on_error=False)
-    assert attempted > 0 and failed == 0

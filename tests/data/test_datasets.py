@@ -9,13 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sightwise.data.datasets import (
-    NPZ_SCHEME,
-    load_dataset,
-    read_npz_image,
-    sha256_bytes,
-    sha256_file,
-)
+from sightwise.core import sha256_bytes
+from sightwise.core import sha256_path as sha256_file
+from sightwise.data.datasets import NPZ_SCHEME, load_dataset, read_npz_image
 from sightwise.errors import DataError
 
 
@@ -255,3 +251,53 @@ def test_unsupported_file_is_a_data_error(tmp_path):
     (tmp_path / "data.json").write_text("{}")
     with pytest.raises(DataError, match="expected a folder, a .csv manifest or a .npz"):
         load_dataset(tmp_path / "data.json")
+
+
+# -- where data may come from (issue: a manifest row read /etc/shadow, /dev/zero spun) ---------
+
+
+def test_manifest_rows_outside_its_folder_are_refused(tmp_path, image_folder_factory):
+    root = image_folder_factory(tmp_path / "data", {"a": 2, "b": 2})
+    (tmp_path / "secret.png").write_bytes((root / "a" / "a_000.png").read_bytes())
+    rows = ["path,label", "a/a_000.png,a", "b/b_000.png,b", "../secret.png,a", "/etc/passwd,b"]
+    (root / "m.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"2 manifest row\(s\) point outside .*m.csv:4: "
+                                        r"../secret.png; m.csv:5: /etc/passwd.*--allow-outside"):
+        load_dataset(root / "m.csv")
+    ds = load_dataset(root / "m.csv", allow_outside=True)
+    assert len(ds.samples) == 4
+
+
+def test_links_in_class_folders_are_not_followed(tmp_path, image_folder_factory):
+    root = image_folder_factory(tmp_path / "data", {"a": 3, "b": 3})
+    outside = image_folder_factory(tmp_path / "elsewhere", {"c": 2})
+    (root / "a" / "link.png").symlink_to(outside / "c" / "c_000.png")
+    (root / "linked_class").symlink_to(outside / "c", target_is_directory=True)
+    ds = load_dataset(root)
+    assert ds.classes == ["a", "b"] and len(ds.samples) == 6
+    assert any("2 symbolic link(s)" in n and "a/link.png" in n for n in ds.notes)
+
+
+def test_devices_and_fifos_are_refused_without_reading(tmp_path):
+    import os
+
+    from sightwise.data.decode import decode_image
+    from sightwise.errors import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        decode_image("/dev/zero")  # would never end if it were read
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it blocking would wait for a writer forever
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        decode_image(fifo)
+    (tmp_path / "m.csv").write_text("path,label\npipe.png,a\n")
+    assert load_dataset(tmp_path / "m.csv").samples[0].sha256 == ""  # not hashed either
+
+
+def test_file_size_bound(tmp_path):
+    from sightwise.data.decode import read_regular_file
+
+    (tmp_path / "big.bin").write_bytes(b"x" * 100)
+    assert read_regular_file(tmp_path / "big.bin", max_bytes=100) == b"x" * 100
+    with pytest.raises(OSError, match="exceeds the limit of 99"):
+        read_regular_file(tmp_path / "big.bin", max_bytes=99)

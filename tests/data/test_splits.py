@@ -14,6 +14,7 @@ from sightwise.data.datasets import load_dataset
 from sightwise.data.splits import (
     assign_splits,
     drop_leakage,
+    find_label_conflicts,
     find_leakage,
     manifest_rows,
     write_manifest,
@@ -147,6 +148,17 @@ def test_find_leakage_finds_byte_identical_files_across_splits(leaky):
     assert by_hash[h_test] == sorted([
         (str(leaky / "test/b/b_000.png"), "test"),
         (str(leaky / "val/b/copy_of_test.png"), "val"),
+    ])
+
+
+def test_identical_files_with_different_labels_are_named_as_labelling_errors(leaky):
+    ds = load_dataset(leaky)
+    groups = find_label_conflicts(ds)
+    assert len(groups) == 1  # train/a/a_000.png is also val/b/copy_in_val.png
+    assert sorted(tuple(i) for i in groups[0]["items"]) == sorted([
+        (str(leaky / "train/a/a_000.png"), "a", "train"),
+        (str(leaky / "test/a/copy_in_test.png"), "a", "test"),
+        (str(leaky / "val/b/copy_in_val.png"), "b", "val"),
     ])
 
 

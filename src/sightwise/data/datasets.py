@@ -2,19 +2,29 @@
 
 Every form becomes the same thing: a list of `Sample` (source, label, split, sha256) and the
 class names. Splits the data brings are respected; missing ones are made here (`splits.py`).
+
+Where data may come from (so a manifest cannot make a run read /etc/shadow or /dev/zero):
+- a CSV manifest's paths resolve inside the manifest's own folder; a row pointing outside
+  it (an absolute path elsewhere, or ``..``) stops the run naming the row, unless
+  `allow_outside=True` (`train --allow-outside`);
+- folders are scanned without following symbolic links (linked files and folders are
+  listed in the run's notes and left out);
+- only regular files are read (devices, FIFOs and sockets are refused before a byte is
+  read) and each at most `decode.MAX_FILE_BYTES`.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sightwise.bundle import sha256_path
-from sightwise.data.decode import is_image_path
+from sightwise.core import sha256_bytes, sha256_path
+from sightwise.data.decode import MAX_FILE_BYTES, is_image_path
 from sightwise.errors import DataError
 from sightwise.types import SPLITS, Sample
 
@@ -43,24 +53,19 @@ class Dataset:
         return out
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
-# One file hasher for the whole package (bundles verify with the same function).
-sha256_file = sha256_path
-
-
-def load_dataset(path: str | Path, *, labels: str = "top") -> Dataset:
+def load_dataset(path: str | Path, *, labels: str = "top", allow_outside: bool = False) -> Dataset:
     """Read any supported layout. `labels="leaf"` names a class by its whole folder path
-    (e.g. ``Fruit/Apple/Golden-Delicious``) instead of the top folder."""
+    (e.g. ``Fruit/Apple/Golden-Delicious``) instead of the top folder; `allow_outside` lets
+    a CSV manifest name files outside its own folder."""
     root = Path(path)
     if not root.exists():
         raise DataError(f"dataset not found: {root}")
     if root.is_file() and root.suffix.lower() == ".npz":
         return _load_npz(root)
     if root.is_file() and root.suffix.lower() in (".csv", ".txt"):
-        return _load_csv(root)
+        return _load_csv(root, allow_outside)
     if not root.is_dir():
         raise DataError(f"{root}: expected a folder, a .csv manifest or a .npz file")
     split_dirs = [root / s for s in SPLITS if (root / s).is_dir()]
@@ -76,13 +81,21 @@ def _class_of(file: Path, base: Path, labels: str) -> str | None:
     return "/".join(rel) if labels == "leaf" else rel[0]
 
 
-def _scan(base: Path, labels: str) -> list[tuple[Path, str]]:
-    found = []
+def _scan(base: Path, labels: str, notes: list[str]) -> list[tuple[Path, str]]:
+    """Image files under `base` by class; symbolic links are not followed (pathlib's rglob
+    does not descend into linked folders) and are named in `notes`."""
+    found, links = [], []
     for file in sorted(base.rglob("*")):
-        if file.is_file() and is_image_path(file):
+        if file.is_symlink():
+            links.append(file)
+        elif file.is_file() and is_image_path(file):
             cls = _class_of(file, base, labels)
             if cls is not None:
                 found.append((file, cls))
+    if links:
+        shown = ", ".join(str(p.relative_to(base)) for p in links[:5])
+        notes.append(f"left out {len(links)} symbolic link(s) (links are not followed): {shown}"
+                     + (", ..." if len(links) > 5 else ""))
     return found
 
 
@@ -101,24 +114,32 @@ def _make(root: Path, rows: list[tuple[str, str, str | None]], layout: str) -> D
 
 def _hash_source(src: str) -> str:
     try:
-        return sha256_file(Path(src))
+        st = os.stat(src)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_FILE_BYTES:
+            return ""  # the decoder refuses it by path later, without reading it
+        return sha256_path(src)
     except OSError:
         return ""  # unreadable: the decoder reports it by path later
 
 
 def _load_class_folders(root: Path, labels: str) -> Dataset:
-    rows = [(str(f), c, None) for f, c in _scan(root, labels)]
-    return _make(root, rows, "folder-per-class")
+    notes: list[str] = []
+    rows = [(str(f), c, None) for f, c in _scan(root, labels, notes)]
+    ds = _make(root, rows, "folder-per-class")
+    ds.notes += notes
+    return ds
 
 
 def _load_split_folders(root: Path, split_dirs: list[Path], labels: str) -> Dataset:
-    rows = []
+    rows, notes = [], []
     for d in split_dirs:
-        rows += [(str(f), c, d.name) for f, c in _scan(d, labels)]
-    return _make(root, rows, "split-folders")
+        rows += [(str(f), c, d.name) for f, c in _scan(d, labels, notes)]
+    ds = _make(root, rows, "split-folders")
+    ds.notes += notes
+    return ds
 
 
-def _load_csv(path: Path) -> Dataset:
+def _load_csv(path: Path, allow_outside: bool = False) -> Dataset:
     base = path.parent
     with open(path, newline="", encoding="utf-8") as f:
         reader = list(csv.reader(f))
@@ -132,7 +153,7 @@ def _load_csv(path: Path) -> Dataset:
     else:
         ip, il, isp = 0, 1, (2 if len(reader[0]) > 2 else None)
         body, first_line = reader, 1
-    rows = []
+    rows, outside = [], []
     for lineno, rec in enumerate(body, start=first_line):
         if not rec or not "".join(rec).strip():
             continue
@@ -142,8 +163,24 @@ def _load_csv(path: Path) -> Dataset:
         split = rec[isp].strip().lower() if isp is not None and len(rec) > isp else None
         if split and split not in SPLITS:
             raise DataError(f"{path}:{lineno}: split {split!r} is not one of {SPLITS}")
-        rows.append((str(p if p.is_absolute() else base / p), rec[il].strip(), split or None))
+        full = p if p.is_absolute() else base / p
+        if not allow_outside and not _within(base, full):
+            outside.append(f"{path.name}:{lineno}: {p}")
+        rows.append((str(full), rec[il].strip(), split or None))
+    if outside:
+        raise DataError(f"{len(outside)} manifest row(s) point outside {base} (e.g. "
+                        f"{'; '.join(outside[:3])}); paths resolve inside the manifest's folder "
+                        "unless --allow-outside")
     return _make(base, rows, "csv")
+
+
+def _within(base: Path, path: Path) -> bool:
+    """True when `path` (links resolved) lies inside `base`."""
+    try:
+        path.resolve().relative_to(base.resolve())
+    except ValueError:
+        return False
+    return True
 
 
 def _load_npz(path: Path) -> Dataset:

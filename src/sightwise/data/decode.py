@@ -15,6 +15,8 @@ Why each check exists:
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,8 @@ from sightwise.errors import ImageDecodeError
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
 # 40 megapixels: above any camera or scanner image a user trains on, far below a bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
+# 512 MiB: an uncompressed 40 MP 16-bit RGB TIFF is 240 MB; nothing larger is an image here.
+MAX_FILE_BYTES = 512 << 20
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
 
@@ -82,15 +86,36 @@ def decode_image(
 def _read_bytes(source: str | Path | bytes) -> bytes:
     if isinstance(source, bytes | bytearray | memoryview):
         return bytes(source)
-    path = Path(source)
     try:
-        return path.read_bytes()
+        return read_regular_file(source)
     except FileNotFoundError:
         raise ImageDecodeError("file not found") from None
     except IsADirectoryError:
         raise ImageDecodeError("is a directory") from None
     except OSError as exc:
-        raise ImageDecodeError(f"cannot read file ({exc.strerror})") from None
+        raise ImageDecodeError(f"cannot read file ({exc.strerror or exc})") from None
+
+
+def read_regular_file(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. Devices (/dev/zero never ends),
+    FIFOs (block until a writer comes) and sockets are refused before a byte is read:
+    the file is opened non-blocking and checked with fstat on the open descriptor."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError("not a regular file (a device, FIFO or socket)")
+        if st.st_size > max_bytes:
+            raise OSError(f"file of {st.st_size:,} bytes exceeds the limit of {max_bytes:,}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise OSError(f"file grew past the limit of {max_bytes:,} bytes while read")
+        return data
+    finally:
+        os.close(fd)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

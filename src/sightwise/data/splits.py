@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import os
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from sightwise.core import atomic_write_bytes, sha256_bytes
 from sightwise.data.datasets import Dataset
 from sightwise.types import Sample
 
@@ -78,6 +77,17 @@ def find_leakage(ds: Dataset) -> list[dict]:
     return groups
 
 
+def find_label_conflicts(ds: Dataset) -> list[dict]:
+    """Groups of byte-identical files given different labels: a labelling error (the same
+    image cannot be two classes), whatever their splits."""
+    by_hash: dict[str, list[Sample]] = defaultdict(list)
+    for s in ds.samples:
+        if s.sha256:
+            by_hash[s.sha256].append(s)
+    return [{"sha256": h, "items": [[s.source, ds.classes[s.label], s.split] for s in group]}
+            for h, group in by_hash.items() if len({s.label for s in group}) > 1]
+
+
 def drop_leakage(ds: Dataset) -> tuple[Dataset, int]:
     """Drop the copies of cross-split duplicates outside train (or outside the first split
     holding one). Duplicates within one split are not leakage and stay."""
@@ -116,7 +126,5 @@ def write_manifest(ds: Dataset, path: Path) -> str:
     w.writerow(["path", "label", "split", "sha256"])
     w.writerows(manifest_rows(ds))
     data = buf.getvalue().encode("utf-8")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-    return hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(path, data)
+    return sha256_bytes(data)

@@ -21,7 +21,13 @@ from sightwise.core import git_commit, package_versions
 from sightwise.data.cache import ImageCache, build_cache, check_usable
 from sightwise.data.datasets import Dataset, load_dataset
 from sightwise.data.preprocess import Preprocessing
-from sightwise.data.splits import assign_splits, drop_leakage, find_leakage, write_manifest
+from sightwise.data.splits import (
+    assign_splits,
+    drop_leakage,
+    find_label_conflicts,
+    find_leakage,
+    write_manifest,
+)
 from sightwise.errors import SightwiseError
 from sightwise.models.io import ensemble_meta, save_weights
 from sightwise.models.registry import get_spec
@@ -81,7 +87,7 @@ def median_side(ds: Dataset, n: int = 64) -> int | None:
 def prepare_data(cfg: TrainConfig, run_dir: Path, log) -> PreparedData:
     """Load, decode once (skipping bad files), split, check leakage, write the manifest."""
     t0 = time.perf_counter()
-    ds = load_dataset(cfg.data, labels=cfg.labels)
+    ds = load_dataset(cfg.data, labels=cfg.labels, allow_outside=cfg.allow_outside)
     pre = resolve_preprocessing(cfg, ds)
     log(f"input: {pre.size}x{pre.size} px ({pre.resize}, {pre.interpolation})")
     cache, skipped = build_cache(ds, pre, memmap_dir=run_dir / "cache", workers=cfg.workers,
@@ -91,6 +97,9 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, log) -> PreparedData:
     kept = Dataset(ds.classes, cache.samples, ds.root, ds.layout, ds.notes)
     check_usable(cache, ds.classes)
     kept = assign_splits(kept, seed=cfg.seed)
+    for group in find_label_conflicts(kept):
+        where = " and ".join(f"{src} (labelled {label}, {split})" for src, label, split in group["items"])
+        log(f"labelling error: identical images with different labels: {where}")
     leakage = find_leakage(kept)
     if leakage:
         log(f"leakage: {len(leakage)} identical file(s) appear in more than one split"
