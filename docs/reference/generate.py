@@ -170,13 +170,28 @@ def _anchor(path: list[str]) -> str:
 
 HTTP_PREAMBLE = """\
 Start the server with `sightwise serve --bundle RUN/bundle` (or `--model NAME@ALIAS`, which
-is watched and hot-swapped); it binds 127.0.0.1:8000 unless told otherwise. `/docs` on a
-running server lists the same routes from the same schema, without any CDN.
+is watched and hot-swapped); it binds 127.0.0.1:8000 unless told otherwise, runs the bundle's
+ONNX graph and never imports torch. Its settings (batch size and window, queue length, body
+and image limits, timeout, threads) are the options of
+[`sightwise serve`](cli.md#sightwise-serve). `/docs` on a running server lists the same
+routes from the same schema, without any CDN.
+
+```bash
+curl -F file=@photo.jpg http://127.0.0.1:8000/v1/predict               # {"model": {...}, "results": [...]}
+curl -F file=@photo.jpg http://127.0.0.1:8000/v1/explain -o overlay.png
+```
 
 - **Errors** are JSON `{"error": {"code", "message"}}` with a 4xx (or 503 when busy or not
-  ready), never a 500; the codes each route can answer are listed under it.
+  ready), never a 500: a body over the limit gets 413, an unsupported format 415, an
+  undecodable image 422; the codes each route can answer are listed under it.
+- **Batching and back-pressure**: requests arriving within the batch window run as one ONNX
+  batch; when the bounded queue is full the answer is 503 with `Retry-After`.
 - **Token**: `/v1/admin/*` needs `Authorization: Bearer <token>` (the token comes from
   `$SIGHTWISE_TOKEN` or `--token-file`); `--require-token` extends that to prediction.
+- **Hot swap**: with `--model NAME@ALIAS` new versions swap in atomically; a version that
+  fails to load is reported in `/v1/model` (`last_swap_error`) while the old one keeps
+  serving.
+- **Metrics**: `/metrics` is Prometheus text.
 - **Optional routes**: `POST /v1/search` exists when the server was started with
   `--index DIR`, `POST /v1/inspect` with `--detector DIR`."""
 
