@@ -119,8 +119,10 @@ def _type(p) -> str:
         if choices:
             return " \\| ".join(f"`{m.value}`" for m in ann)
         return _TYPE_NAMES.get(name, name)
-    t = getattr(p, "type", None)  # plain click
-    return getattr(t, "name", "text") if t is not None else "text"
+    # typer on plain click: click's type names, spelled as above
+    name = str(getattr(getattr(p, "type", None), "name", "text")).lower()
+    name = {"float": "number", "boolean": "flag"}.get(name, name)
+    return f"{name} (repeatable)" if p.nargs == -1 or getattr(p, "multiple", False) else name
 
 
 def _default(p) -> str:
