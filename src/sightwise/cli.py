@@ -225,6 +225,7 @@ def export(
                                              "folder here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the parity record as JSON.")] = False,
     threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
     """Export to ONNX (fp32, optionally int8), check parity against PyTorch, write parity.json.
     (`train` already exports fp32; run this for int8, an edge folder, or an older bundle.)"""
@@ -233,7 +234,7 @@ def export(
 
     path = find_bundle_dir(bundle)
     parity = export_bundle(path, int8=int8, calib=calib, opset=opset, force=force,
-                           edge_dir=edge, threads=threads, log=_log)
+                           edge_dir=edge, threads=threads, log=_log, progress=progress)
     _track("export", path, parity, {"int8": int8, "calib": calib, "opset": opset,
                                     "force": force, "edge": edge}, path)
     if not parity["passed"]:

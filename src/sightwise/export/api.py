@@ -49,7 +49,7 @@ def train_and_export(cfg, log=print) -> dict:
 
     metrics = run_training(cfg, log=log)
     run_dir = Path(cfg.out)
-    report = export_bundle(run_dir / "bundle", log=log)
+    report = export_bundle(run_dir / "bundle", log=log, progress=cfg.progress)
     metrics["export"] = {"fp32_passed": bool(report["passed"]), "split": report["split"],
                          "n": report["n"], "fp32": report["fp32"]}
     atomic_write_json(run_dir / "metrics.json", metrics)
@@ -60,7 +60,7 @@ def export_bundle(
     bundle_path: str | Path, *, int8: bool = False, calib: str | Path | None = None,
     opset: int = 17, force: bool = False, edge_dir: str | Path | None = None,
     threads: int | None = None, log=print, calib_size: int = DEFAULT_CALIB_SIZE, seed: int = 0,
-    gate: Gate = GATE,
+    gate: Gate = GATE, progress: bool = True,
 ) -> dict:
     """Export, check parity on the test split, record it; returns the parity dict.
 
@@ -88,7 +88,8 @@ def export_bundle(
         int8_logits, size_ratio, calib_info = None, None, None
         if int8:
             int8_logits, size_ratio, calib_info = _make_int8(
-                bundle, stage, images, calib=calib, n=calib_size, seed=seed, threads=threads, log=log)
+                bundle, stage, images, calib=calib, n=calib_size, seed=seed, threads=threads, log=log,
+                progress=progress)
         report = parity_report(labels, torch_logits, fp32_logits, int8_logits,
                                bundle.temperature, split=split, size_ratio=size_ratio, gate=gate)
         atomic_write_json(stage / PARITY, report)
@@ -143,11 +144,14 @@ def _onnx_logits(path: Path, images: np.ndarray, pre: Preprocessing, threads, bs
 
 
 def _make_int8(bundle: Bundle, stage: Path, images: np.ndarray, *, calib, n: int, seed: int,
-               threads, log):
+               threads, log, progress: bool):
     """Quantise the staged fp32 graph; int8 logits on the parity images, size ratio, info."""
     t0 = time.perf_counter()
     calib_images, source = calibration_images(bundle, calib, n=n, seed=seed, log=log)
-    kept_float = quantize_int8(stage / FP32, stage / INT8, calib_images, bundle.preprocessing)
+    log(f"quantising to int8 on {len(calib_images)} images (a few minutes on a laptop CPU; "
+        "calibration holds every activation: ~7 GB for 100 images at 224 px)")
+    kept_float = quantize_int8(stage / FP32, stage / INT8, calib_images, bundle.preprocessing,
+                               progress=progress)
     ratio = (stage / FP32).stat().st_size / (stage / INT8).stat().st_size
     log(f"quantised {INT8} on {len(calib_images)} images from {source} in "
         f"{time.perf_counter() - t0:.1f}s ({ratio:.1f}x smaller)")

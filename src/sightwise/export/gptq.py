@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 from numpy.lib.stride_tricks import sliding_window_view
 from onnx import numpy_helper
+from tqdm.auto import tqdm
 
 from sightwise.data.preprocess import Preprocessing, normalize
 from sightwise.export.onnx_export import INPUT_NAME, probe_session
@@ -85,13 +86,15 @@ def gptq_round(w: np.ndarray, hessian: np.ndarray, scale: np.ndarray, *, qmax: i
 
 def conv_hessians(float_model: onnx.ModelProto, convs: list[onnx.NodeProto],
                   kernels: list[tuple[int, int]], images: np.ndarray, pre: Preprocessing,
-                  batch_size: int = 8) -> list[np.ndarray]:
+                  batch_size: int = 8, progress: bool = False) -> list[np.ndarray]:
     """Per-group input Hessians E[x x^T] of each conv over the calibration images."""
     names = sorted({c.input[0] for c in convs} - {INPUT_NAME})
     session = probe_session(float_model, names)
     sums: list[np.ndarray | None] = [None] * len(convs)
     rows = [0] * len(convs)
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc="int8 GPTQ statistics (batches)", leave=False,
+                      disable=not progress):
         x = normalize(images[start:start + batch_size], pre)
         acts = dict(zip(names, session.run(names, {INPUT_NAME: x}), strict=True))
         acts[INPUT_NAME] = x
@@ -104,7 +107,7 @@ def conv_hessians(float_model: onnx.ModelProto, convs: list[onnx.NodeProto],
 
 
 def apply_gptq(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, images: np.ndarray,
-               pre: Preprocessing) -> int:
+               pre: Preprocessing, progress: bool = False) -> int:
     """Re-round the int8 conv weights of `qdq_model` in place with GPTQ; returns how many
     convs were re-rounded. Convs keep their names through quantisation, which pairs each
     int8 conv with its float twin (weights and input tensor)."""
@@ -129,8 +132,11 @@ def apply_gptq(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, images:
         return 0
     weights = [numpy_helper.to_array(float_inits[t.input[1]]) for t, _ in jobs]
     hessians = conv_hessians(float_model, [t for t, _ in jobs],
-                             [tuple(w.shape[2:]) for w in weights], images, pre)
-    for (twin, dq), w, h in zip(jobs, weights, hessians, strict=True):
+                             [tuple(w.shape[2:]) for w in weights], images, pre,
+                             progress=progress)
+    bar = tqdm(zip(jobs, weights, hessians, strict=True), total=len(jobs), leave=False,
+               desc="int8 GPTQ rounding (layers)", disable=not progress)
+    for (twin, dq), w, h in bar:
         groups = int(_attr(twin, "group", 1))
         o = w.shape[0]
         scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64).reshape(-1)

@@ -41,6 +41,7 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm.auto import tqdm
 
 from sightwise.bundle import Bundle
 from sightwise.core import atomic_write_bytes, make_session
@@ -75,19 +76,22 @@ class NormalisedBatches(CalibrationDataReader):
     """Feeds uint8 images to the calibrator as normalised float batches, made lazily so
     300 images at 224 px stay 45 MB of uint8 rather than 180 MB of float."""
 
-    def __init__(self, images: np.ndarray, pre: Preprocessing, batch_size: int = 20):
+    def __init__(self, images: np.ndarray, pre: Preprocessing, batch_size: int = 20,
+                 bar=None):
         # Equal-sized batches only: onnxruntime's histogram calibrators stack the collected
         # activations and fail on a short last batch, so the remainder (< batch_size) is
         # left out unless it is all there is.
         usable = len(images) - len(images) % batch_size if len(images) > batch_size else len(images)
         self.images, self.pre, self.batch_size = images[:usable], pre, batch_size
-        self.start = 0
+        self.start, self.bar = 0, bar
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.start >= len(self.images):
             return None
         chunk = self.images[self.start:self.start + self.batch_size]
         self.start += self.batch_size
+        if self.bar is not None:
+            self.bar.update(len(chunk))
         return {INPUT_NAME: normalize(chunk, self.pre)}
 
     def rewind(self) -> None:
@@ -117,11 +121,17 @@ def _op_types_without_head(model: onnx.ModelProto) -> list[str]:
     return sorted({n.op_type for n in model.graph.node} - {"Gemm", "MatMul"})
 
 
+def stage_bar(total: int, desc: str, progress: bool):
+    """A progress bar (with rate and ETA) for one step of the int8 export."""
+    return tqdm(total=total, desc=f"int8 {desc}", unit="step", leave=False, disable=not progress)
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Preprocessing, *,
                   bias_correction: bool = True, float_share: float = FLOAT_WEIGHT_SHARE,
-                  gptq: bool = True) -> list[str]:
+                  gptq: bool = True, progress: bool = True) -> list[str]:
     """Write the QDQ int8 model for `fp32_path` to `out_path` (atomically); returns the
-    convolutions kept in float."""
+    convolutions kept in float. Each step shows a progress bar: the whole takes minutes on
+    a laptop CPU (calibration holds every activation of the images: ~7 GB for 100)."""
     out_path = Path(out_path)
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
@@ -131,9 +141,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
         quant_pre_process(str(fp32_path), str(prepared))
         float_model = onnx.load(str(prepared))  # read-only below: each step copies what it edits
         keep_float = sensitive_convs(float_model, images[:SENSITIVITY_SIZE], pre,
-                                     float_share) if float_share > 0 else []
+                                     float_share, progress=progress) if float_share > 0 else []
+        calib_bar = stage_bar(len(images), "calibration (images)", progress)
         quantize_static(
-            str(prepared), str(quantized), NormalisedBatches(images, pre),
+            str(prepared), str(quantized), NormalisedBatches(images, pre, bar=calib_bar),
             op_types_to_quantize=_op_types_without_head(float_model),
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
@@ -143,11 +154,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
             calibrate_method=CalibrationMethod.Percentile,
             nodes_to_exclude=keep_float,
         )
+        calib_bar.close()
         model = onnx.load(str(quantized))
         if gptq:
-            apply_gptq(float_model, model, images[:GPTQ_SIZE], pre)
+            apply_gptq(float_model, model, images[:GPTQ_SIZE], pre, progress=progress)
         if bias_correction:
-            correct_biases(float_model, model, images[:BIAS_CORRECTION_SIZE], pre)
+            correct_biases(float_model, model, images[:BIAS_CORRECTION_SIZE], pre,
+                           progress=progress)
         atomic_write_bytes(out_path, model.SerializeToString())
     return keep_float
 
@@ -160,7 +173,7 @@ def _round_weights(w: np.ndarray) -> np.ndarray:
 
 
 def sensitive_convs(float_model: onnx.ModelProto, images: np.ndarray, pre: Preprocessing,
-                    share: float = FLOAT_WEIGHT_SHARE) -> list[str]:
+                    share: float = FLOAT_WEIGHT_SHARE, progress: bool = False) -> list[str]:
     """Names of the convolutions to keep in float: ranked by how far rounding only their
     weights moves the graph's outputs (relative mean absolute error, summed over outputs),
     taken in that order whenever they still fit in `share` of all conv weights."""
@@ -177,7 +190,7 @@ def sensitive_convs(float_model: onnx.ModelProto, images: np.ndarray, pre: Prepr
 
     reference = run()
     scores, sizes = {}, {}
-    for conv in convs:
+    for conv in tqdm(convs, desc="int8 sensitivity (layers)", leave=False, disable=not progress):
         tensor = initializers[conv.input[1]]
         w = numpy_helper.to_array(tensor)
         tensor.CopyFrom(numpy_helper.from_array(_round_weights(w), tensor.name))
@@ -206,7 +219,7 @@ def _channel_means(model: onnx.ModelProto, tensors: list[str], images: np.ndarra
 
 
 def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, images: np.ndarray,
-                   pre: Preprocessing) -> int:
+                   pre: Preprocessing, progress: bool = False) -> int:
     """Empirical bias correction of `qdq_model`'s convolutions, in place; returns how many.
 
     Conv nodes keep their names through quantisation, so each int8 conv is matched with its
@@ -223,7 +236,9 @@ def correct_biases(float_model: onnx.ModelProto, qdq_model: onnx.ModelProto, ima
     producer = {o: n for n in qdq_model.graph.node for o in n.output}
     initializers = {t.name: t for t in qdq_model.graph.initializer}
     corrected = 0
-    for conv, target in zip(convs, targets, strict=True):
+    bar = tqdm(zip(convs, targets, strict=True), total=len(convs), leave=False,
+               desc="int8 bias correction (layers)", disable=not progress)
+    for conv, target in bar:
         dq = producer.get(conv.input[2])
         if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in initializers:
             continue  # a float bias (layer left unquantised) needs no correction
