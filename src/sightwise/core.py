@@ -229,8 +229,13 @@ number from 1 to 999,999,999
 
 
 def looks_like_model_ref(text: str) -> bool:
-    """True when `text` has the NAME@ALIAS or NAME/VERSION shape (valid or not)."""
-    return isinstance(text, str) and bool(re.fullmatch(r"[^/@\s]+(@[^/@]+|/\d+)", text))
+    """True when `text` is meant as a registry reference (has '@', or ends in /DIGITS),
+    valid or not: `parse_model_ref` then says what is wrong with it.
+
+    >>> looks_like_model_ref("m@prod"), looks_like_model_ref("../m/1"), looks_like_model_ref("runs/a")
+    (True, True, False)
+    """
+    return isinstance(text, str) and ("@" in text or bool(re.fullmatch(r".+/\d+", text)))
 
 
 # -- data rules ----------------------------------------------------------------------------

@@ -30,6 +30,8 @@ def fake_bundle(path: Path, *, macro_f1: float = 0.9, parity: bool | None = True
     (path / "manifest.csv").write_text(manifest)
     meta = {"task": "classification", "classes": ["a", "b"],
             "model": {"name": "fake", "strategy": "linear-probe"},
+            "preprocessing": {"size": 32, "resize": "stretch", "interpolation": "bilinear",
+                              "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
             "metrics": {"test": {"n": 4, "accuracy": macro_f1, "macro_f1": macro_f1,
                                  "ece": 0.05}},
             "data": {"manifest_sha256": data_sha, "root": "/data", "layout": "folder"},

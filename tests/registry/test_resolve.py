@@ -104,3 +104,29 @@ def test_parse_ref():
     assert parse_ref("a.b-c_d@prod-2") == ("a.b-c_d", "prod-2", None)
     assert parse_ref("a/12") == ("a", None, 12)
     assert parse_ref("plain-folder") is None
+
+
+def test_an_edited_bundle_json_of_a_version_is_refused(store):
+    """Issue: editing `classes` of a registered version (and recomputing every hash the
+    bundle carries) was accepted by `predict NAME/V`; the registry's own record of
+    bundle.json's sha256 catches it, whatever the bundle says about itself."""
+    import json
+
+    from sightwise.bundle import meta_digest
+
+    path = store / "bundles" / "m" / "1" / "bundle.json"
+    meta = json.loads(path.read_text())
+    meta["classes"] = ["evil", "labels"]
+    meta["digest"] = meta_digest(meta)
+    os.chmod(path, 0o644)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="not the one that was registered"):
+        resolve_bundle("m@production")
+    with pytest.raises(BundleError, match="not the one that was registered"):
+        resolve_bundle("m/1")
+    from typer.testing import CliRunner
+
+    from sightwise.cli import app
+
+    res = CliRunner().invoke(app, ["predict", "m/1", "x.png"])
+    assert res.exit_code == 2 and "not the one that was registered" in res.output

@@ -23,13 +23,14 @@ from sightwise.registry.store import (
 )
 
 
-@pytest.mark.parametrize("name", ["defects", "a", "A-b_c.1", "x" * 100, "9lives", "a..b"])
+@pytest.mark.parametrize("name", ["defects", "a", "A-b_c.1", "x" * 100, "9lives", "a.b_c-1"])
 def test_valid_names(name):
     assert validate_name(name) == name
 
 
 @pytest.mark.parametrize("name", ["", ".hidden", "..", "../x", "a/b", "a\\b", "/abs", "x" * 101,
-                                  "a b", "a@b", "caf\u00e9", "a\n", "%2e%2e", "a\x00b"])
+                                  "a b", "a@b", "caf\u00e9", "a\n", "%2e%2e", "a\x00b",
+                                  "-rf", "_private", "a..b"])
 def test_invalid_names(name):
     with pytest.raises(RegistryError, match="invalid model name"):
         validate_name(name)
@@ -104,3 +105,30 @@ def test_lock_is_released_when_its_holder_is_killed(home):
     with store_lock(timeout=5):
         pass
     assert time.monotonic() - t0 < 2
+
+
+def test_registry_and_server_share_one_grammar():
+    """The registry, the CLI and the server validate with sightwise.core (issue: the
+    registry accepted '-rf', '_x' and 'a..b', which serve refused)."""
+    from sightwise import core
+
+    for name in ("-rf", "_x", "a..b", "ok-name"):
+        try:
+            core.validate_name(name)
+            core_ok = True
+        except core.ModelRefError:
+            core_ok = False
+        try:
+            validate_name(name)
+            registry_ok = True
+        except RegistryError:
+            registry_ok = False
+        assert core_ok == registry_ok == (name == "ok-name")
+
+
+@pytest.mark.parametrize("ref", ["demo/99999999999999999999", "demo/0", "demo/0007"])
+def test_out_of_range_versions_are_one_line_errors(ref):
+    from sightwise.registry.resolve import parse_ref
+
+    with pytest.raises(RegistryError, match="invalid version|invalid model reference"):
+        parse_ref(ref)
