@@ -102,7 +102,12 @@ def train(
     model: Annotated[str | None, typer.Option(help="Backbone (see `sightwise models-available`).")] = None,
     budget: Annotated[str | None, typer.Option(help="Wall-clock bound, e.g. 3m, 600s, 1h.")] = None,
     img_size: Annotated[int | None, typer.Option(help="Input size (default: the model's).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed for splits, init and order.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, data order and ensemble "
+                                      "members.")] = 0,
+    split_seed: Annotated[int, typer.Option(help="Seed of the train/val/test split the data "
+                                            "does not bring itself (kept apart from --seed, so "
+                                            "retrained versions are tested on the same "
+                                            "images).")] = 0,
     epochs: Annotated[int, typer.Option(min=1, help="Maximum fine-tuning epochs.")] = 30,
     batch_size: Annotated[int, typer.Option(min=1, help="Fine-tuning batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="Backbone learning rate (fine-tune).")] = 3e-4,
@@ -133,7 +138,8 @@ def train(
     _set_torch_threads(threads)
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
-                      epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
+                      split_seed=split_seed, epochs=epochs, batch_size=batch_size, lr=lr,
+                      patience=patience, unfreeze=unfreeze,
                       ema_decay=ema_decay, members=members, tta=tta,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,

@@ -16,7 +16,8 @@ class TrainConfig:
     model: str | None = None  # None: efficientnet_lite0, or small_resnet for scratch
     budget_s: float | None = None  # wall-clock bound on decode + features + training
     img_size: int | None = None  # None: the backbone's own (224 for Lite0)
-    seed: int = 0
+    seed: int = 0  # weights' initialisation, data order, ensemble members
+    split_seed: int = 0  # its own seed, so retraining with another --seed tests on the same images
     batch_size: int = 32
     epochs: int = 30  # an upper bound; early stopping and the budget usually end sooner
     lr: float = 3e-4

@@ -87,15 +87,19 @@ def test_an_ensemble_run_bundles_one_network_that_predict_reproduces(tmp_path, i
 
 
 def test_same_seed_same_split_and_metrics(tmp_path, image_folder_factory):
+    """Same seeds, same split and metrics; another training seed keeps the split (so the
+    versions are comparable), another split seed moves it."""
     data = image_folder_factory(tmp_path / "data", {"a": 10, "b": 10, "c": 10})
     runs = []
-    for name, seed in (("r1", "0"), ("r2", "0"), ("r3", "1")):
+    for name, seed, split_seed in (("r1", "0", "0"), ("r2", "0", "0"), ("r3", "1", "0"),
+                                   ("r4", "0", "1")):
         res = _train(data, tmp_path / name, "--strategy", "linear-probe", "--img-size", "32",
-                     "--seed", seed)
+                     "--seed", seed, "--split-seed", split_seed)
         assert res.exit_code == 0, res.output
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
     assert runs[0]["data"]["manifest_sha256"] == runs[1]["data"]["manifest_sha256"]
-    assert runs[0]["data"]["manifest_sha256"] != runs[2]["data"]["manifest_sha256"]
+    assert runs[0]["data"]["manifest_sha256"] == runs[2]["data"]["manifest_sha256"]
+    assert runs[0]["data"]["manifest_sha256"] != runs[3]["data"]["manifest_sha256"]
     assert runs[0]["test"]["accuracy"] == runs[1]["test"]["accuracy"]
     assert runs[0]["test"]["log_loss"] == pytest.approx(runs[1]["test"]["log_loss"], abs=1e-6)
 
@@ -175,3 +179,28 @@ def test_predict_cli_json_and_per_file_errors(small_run, tmp_path):
     assert answer[0]["predictions"][0]["label"] == "banana"
     assert sum(p["probability"] for p in answer[0]["predictions"]) <= 1.0 + 1e-6
     assert answer[1]["error"] and not answer[1]["predictions"]
+
+
+def test_an_existing_bundle_is_not_replaced_without_overwrite(small_run, tmp_path):
+    data, out = small_run
+    before = (out / "bundle" / "bundle.json").read_bytes()
+    res = _train(data, out, "--strategy", "linear-probe", "--img-size", "32")
+    assert res.exit_code == 2 and "already exists; pass --overwrite" in res.output
+    assert (out / "bundle" / "bundle.json").read_bytes() == before
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    out = tmp_path / "never"
+    res = _train(tmp_path / "data", out)
+    assert res.exit_code == 2 and not out.exists()
+
+
+def test_a_trained_bundle_is_exported_and_predicts_without_torch_path(small_run):
+    """train exports the fp32 graph with its parity check: the bundle says so and the
+    runtime may run it."""
+    _, out = small_run
+    bundle = load_bundle(out / "bundle")
+    assert bundle.graph().name == "model.onnx" and bundle.meta.export.fp32_passed
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["export"]["fp32_passed"] is True and m["export"]["n"] == m["test"]["n"]

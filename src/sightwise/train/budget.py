@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 
 @dataclass
 class Budget:
-    seconds: float | None  # None: unbounded
-    start: float = field(default_factory=time.perf_counter)
+    """`seconds` from `start` on `clock` (None: unbounded). The clock is a parameter so a
+    test can run a budget out deterministically instead of racing the machine's speed."""
+
+    seconds: float | None
+    start: float | None = None
+    clock: Callable[[], float] = field(default=time.perf_counter, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.start is None:
+            self.start = self.clock()
 
     def elapsed(self) -> float:
-        return time.perf_counter() - self.start
+        return self.clock() - self.start
 
     def left(self) -> float:
         return float("inf") if self.seconds is None else self.seconds - self.elapsed()

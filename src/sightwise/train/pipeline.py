@@ -96,7 +96,7 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, log) -> PreparedData:
         log(f"skipped {s.source}: {s.reason}")
     kept = Dataset(ds.classes, cache.samples, ds.root, ds.layout, ds.notes)
     check_usable(cache, ds.classes)
-    kept = assign_splits(kept, seed=cfg.seed)
+    kept = assign_splits(kept, seed=cfg.split_seed)
     for group in find_label_conflicts(kept):
         where = " and ".join(f"{src} (labelled {label}, {split})" for src, label, split in group["items"])
         log(f"labelling error: identical images with different labels: {where}")
