@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from sightwise.errors import SightwiseError
 from sightwise.stream.sinks import Processed, Sink
 
 GOP = 25  # a keyframe (and a fragment) at least this often, in processed frames
@@ -38,7 +39,10 @@ class VideoSink(Sink):
     later frames of another size (a reconnect to another resolution) are resized to it."""
 
     def __init__(self, path: str | Path, model, fps: float):
-        import av  # the `video` extra; watch imports it for any video source anyway
+        try:
+            import av  # the `video` extra
+        except ImportError:
+            raise SightwiseError("--video-out needs PyAV: pip install 'sightwise[video]'") from None
 
         self.path, self.model = Path(path), model
         self.path.parent.mkdir(parents=True, exist_ok=True)
