@@ -164,13 +164,7 @@ def watch(model, source: str | Path, sinks: Sequence[Sink], cfg: WatchConfig | N
                 error, ended_by = item.error, ("error" if item.error else "end")
                 break
             if isinstance(item, (Disconnect, Gap)):
-                if isinstance(item, Disconnect):  # we cannot say a label held while blind
-                    closed = deb.close_all("gap")
-                    counts.events += len(closed)
-                    _emit_events(sinks, [], closed)
-                counts.gaps += isinstance(item, Gap)
-                for s in sinks:
-                    s.note(item.to_record())
+                _outage(item, deb, sinks, counts)
                 continue
             _process(model, item, deb, sinks, counts)
     except BaseException as exc:
@@ -178,20 +172,36 @@ def watch(model, source: str | Path, sinks: Sequence[Sink], cfg: WatchConfig | N
         raise
     finally:
         stop.set()
-        last = deb.close_all("stop" if ended_by == "stop" else "end")
-        counts.events += len(last)
-        _emit_events(sinks, [], last)
-        for s in sinks:
-            s.flush()
-        summary = _summary(stats, counts, time.monotonic() - t0, ended_by, error, sinks)
-        if error is not None:
-            for s in sinks:
-                s.note({"type": "error", "message": str(error)})
-        for s in sinks:
-            s.note(summary)
-        for s in sinks:
-            s.close()
+        summary = _finish(sinks, deb, stats, counts, time.monotonic() - t0, ended_by, error)
         reader.join(timeout=1.0)  # a read blocked in FFmpeg ends at its timeout; not waited on
+    return summary
+
+
+def _outage(item: Disconnect | Gap, deb: Debouncer, sinks: Sequence[Sink], counts: _Counters) -> None:
+    if isinstance(item, Disconnect):  # nothing can be said to hold while the source is away
+        closed = deb.close_all("gap")
+        counts.events += len(closed)
+        _emit_events(sinks, [], closed)
+    counts.gaps += isinstance(item, Gap)
+    for s in sinks:
+        s.note(item.to_record())
+
+
+def _finish(sinks: Sequence[Sink], deb: Debouncer, stats: SourceStats, counts: _Counters,
+            elapsed: float, ended_by: str, error: BaseException | None) -> dict:
+    """Close open events, flush, write the error and the summary, close every sink."""
+    last = deb.close_all("stop" if ended_by == "stop" else "end")
+    counts.events += len(last)
+    _emit_events(sinks, [], last)
+    for s in sinks:
+        s.flush()
+    summary = _summary(stats, counts, elapsed, ended_by, error, sinks)
+    for s in sinks:
+        if error is not None:
+            s.note({"type": "error", "message": str(error)})
+        s.note(summary)
+    for s in sinks:
+        s.close()
     return summary
 
 
