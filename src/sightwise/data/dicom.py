@@ -73,8 +73,9 @@ def read_dataset(source: str | Path | bytes, *, name: str | Path | None = None,
         raise ImageDecodeError(f"not a valid DICOM file ({exc})") from None
     except Exception as exc:  # pydicom's parser raises many types on damaged files
         raise ImageDecodeError(f"unreadable DICOM file ({type(exc).__name__}: {exc})") from None
-    if force and not any(t.group in (0x0008, 0x0010, 0x0020, 0x0028) for t in ds.keys()):
-        # forced reads turn any bytes into a few junk elements: want real attributes
+    if not any(t.group in (0x0008, 0x0010, 0x0020, 0x0028) for t in ds.keys()):
+        # pydicom turns any bytes after a DICM magic (or any forced read) into a few junk
+        # elements: a real file has identifying, study or image attributes
         raise ImageDecodeError("not a valid DICOM file (no DICOM attributes found)")
     return ds
 
