@@ -145,6 +145,8 @@ def _series(n: int = 3) -> list[bytes]:
         ds.SOPInstanceUID = f"{base.SOPInstanceUID}.{i}"
         ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.ContentDate = f"1997041{i}"
+        ds.PerformedProcedureStepStartDate = f"1997042{i}"  # X in the Basic Profile, C in
+        # the Modified Dates option: kept, shifted
         if i:
             ref = pydicom.Dataset()
             ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = base.SOPClassUID, \
@@ -182,6 +184,8 @@ def test_dates_shift_by_one_offset_per_patient_keeping_intervals():
     pairs = list(zip(after, before, strict=True))
     shifts = {(_day(a.ContentDate) - _day(b.ContentDate)).days for a, b in pairs}
     shifts |= {(_day(a.StudyDate) - _day(b.StudyDate)).days for a, b in pairs}
+    shifts |= {(_day(a.PerformedProcedureStepStartDate) -
+                _day(b.PerformedProcedureStepStartDate)).days for a, b in pairs}
     assert len(shifts) == 1 and -3650 <= shifts.pop() <= -365
     other = _read(deidentify_bytes(open(_path("MR_small.dcm"), "rb").read(), deid)[0])
     mr = pydicom.dcmread(_path("MR_small.dcm"))

@@ -180,15 +180,15 @@ class Deidentifier:
         vr, action = elem.VR, rule.action
         if vr == "SQ" and action in ("U", "D", "X/D", "X/Z/U*"):
             self._recurse(elem, patient, changes, path)  # keep the structure, clean the items
+        elif rule.shift and vr in ("DA", "DT"):  # the Modified Dates option keeps, shifted
+            _shift_element(elem, -patient.shift_days, changes, path)
+        elif rule.shift and vr == "TM":
+            return  # times of day carry no identity once the dates moved (Modified Dates)
         elif action == "X":
             _record(changes, path, elem, "removed", "")
             del ds[elem.tag]
         elif vr == "UI" and "U" in action:
             self._replace_uids(elem, changes, path)
-        elif rule.shift and vr in ("DA", "DT"):
-            _shift_element(elem, -patient.shift_days, changes, path)
-        elif rule.shift and vr == "TM":
-            return  # times of day carry no identity once the dates moved (Modified Dates)
         elif int(elem.tag) in PSEUDONYM_TAGS:
             _set(changes, path, elem, "pseudonym", patient.pseudonym)
         elif action in ("D", "X/D"):
