@@ -3,7 +3,8 @@ positives; (2) stripping metadata without re-encoding is faster than the usual P
 decode + re-save, and loses no pixel; (3) DICOM de-identification changes every Basic
 Profile attribute present in pydicom's test files and no pixel.
 
-    python bench/privacy.py [--photos 60] [--no-faces] [--no-lfw] [--threads N]
+    python bench/privacy.py [--photos 60] [--no-faces] [--no-lfw] [--threads N] [--figure PNG]
+    python bench/privacy.py --demo-data DIR     # the docs' walk-through data set only
 
 Face set, labelled by hand (number of faces per image), all offline:
 scikit-image's bundled public-domain photos and test images, matplotlib's sample
@@ -58,16 +59,20 @@ def _open(ref: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def faces_bench(detector, lfw: bool) -> None:
+def faces_bench(detector, lfw: bool, figure: str | None = None) -> None:
     print("## face detection (MTCNN, facenet-pytorch 2.5.3, min score 0.9)")
     print("| image | faces (by eye) | found | false positives | seconds |")
     print("|---|---|---|---|---|")
     tot = {"faces": 0, "found": 0, "fp": 0, "fp_images": 0, "secs": 0.0}
+    shown = []
     for ref, n in LABELLED:
         image = _open(ref)
         t0 = time.perf_counter()
-        k = len(detector.detect(image))
+        faces = detector.detect(image)
         dt = time.perf_counter() - t0
+        k = len(faces)
+        if n or k:
+            shown.append((ref.split(":")[1], image, faces, n))
         found, fp = min(k, n), max(0, k - n)
         tot["faces"] += n
         tot["found"] += found
@@ -81,6 +86,37 @@ def faces_bench(detector, lfw: bool) -> None:
           f"{tot['secs'] / len(LABELLED):.2f} s/image")
     if lfw:
         lfw_bench(detector)
+    if figure:
+        faces_figure(shown, detector, figure)
+
+
+def faces_figure(shown, detector, path: str) -> None:
+    """Photos with faces (or detections): boxes found, and the astronaut after blurring."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sightwise.core import atomic_write_bytes
+    from sightwise.privacy.faces import blur_faces
+
+    astro = next(image for name, image, _, _ in shown if name == "astronaut.png")
+    panels = shown + [("astronaut.png, blurred", blur_faces(astro, detector=detector), [], 0)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
+    for ax, (name, image, faces, n) in zip(axes, panels, strict=True):
+        ax.imshow(image)
+        for f in faces:
+            x0, y0, x1, y1 = f.box
+            ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=2,
+                                       color="lime" if n else "red"))
+        ax.set_title(f"{name}\n{len(faces)} found, {n} by eye", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    print(f"figure: {path}")
 
 
 def lfw_bench(detector) -> None:
@@ -156,6 +192,23 @@ def scrub_bench(n: int) -> float:
     return (n / t_ours) / (n / t_ref)
 
 
+def audit_bench(n: int = 300) -> None:
+    from sightwise.privacy.audit import AuditLog, verify_audit
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log = AuditLog(Path(tmp) / "audit.jsonl")
+        t0 = time.perf_counter()
+        for i in range(n):
+            log.append("predict", client="127.0.0.1", token="t", model_version="m/1",
+                       image_sha256=f"{i:064x}", result={"label": "ok", "p": 0.9})
+        dt = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = verify_audit(log.path)
+        dv = time.perf_counter() - t0
+    print(f"\n## audit log\nappend (lock, fsync per record): {n / dt:.0f} records/s; "
+          f"verify: {report.records / dv:.0f} records/s (ok={report.ok})")
+
+
 def dicom_bench() -> None:
     import pydicom
     from pydicom.data import get_testdata_file
@@ -200,6 +253,35 @@ def _private_row(private):
     return Change("private attributes", "(gggg,xxxx) odd", "removed", "vendor data", "")
 
 
+def demo_data(folder: str, per_class: int = 12) -> None:
+    """A small DICOM data set for the docs' walk-through: classes ct/ (from CT_small) and
+    mr/ (from MR_small), each image flipped, shifted and noised, new instance UIDs, the
+    original patient names, dates and private tags (what `privacy check` should find)."""
+    import copy
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
+    rng = np.random.default_rng(0)
+    for cls, name in (("ct", "CT_small.dcm"), ("mr", "MR_small.dcm")):
+        base = pydicom.dcmread(get_testdata_file(name, download=False))
+        out = Path(folder) / cls
+        out.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ds = copy.deepcopy(base)
+            arr = ds.pixel_array.astype(np.int32)
+            arr = np.roll(arr[:, ::-1] if i % 2 else arr, int(rng.integers(-8, 9)), axis=0)
+            arr = arr + rng.normal(0, 20, arr.shape).astype(np.int32)
+            info = np.iinfo(ds.pixel_array.dtype)
+            ds.PixelData = np.clip(arr, info.min, info.max).astype(ds.pixel_array.dtype).tobytes()
+            ds.SOPInstanceUID = generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            ds.InstanceNumber = i + 1
+            ds.save_as(out / f"{cls}_{i:03d}.dcm")
+    print(f"demo data: {folder} ({2 * per_class} DICOM files, 2 classes)")
+
+
 def _sha(value) -> str:
     return hashlib.sha256(value or b"").hexdigest()
 
@@ -215,13 +297,20 @@ def main() -> None:
     ap.add_argument("--no-faces", action="store_true")
     ap.add_argument("--no-lfw", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--demo-data", default=None, help="Only write the walk-through's small "
+                    "DICOM data set into this folder.")
+    ap.add_argument("--figure", default="docs/figures/privacy_faces.png",
+                    help="Where to draw the detections ('' for none).")
     a = ap.parse_args()
+    if a.demo_data:
+        return demo_data(a.demo_data)
     print(f"cores={os.cpu_count()}")
     if not a.no_faces:
         from sightwise.privacy.faces import FaceDetector
 
-        faces_bench(FaceDetector(threads=a.threads), lfw=not a.no_lfw)
+        faces_bench(FaceDetector(threads=a.threads), lfw=not a.no_lfw, figure=a.figure)
     dicom_bench()
+    audit_bench()
     ratio = scrub_bench(a.photos)
     print(f"ratio={ratio:.1f}")
 

@@ -133,6 +133,13 @@ def test_lossless_encodings_decode_to_the_same_pixels(name):
                                   np.asarray(decode_image(_file("MR_small.dcm"))))
 
 
+def test_header_size_reads_rows_and_columns_without_pixels():
+    from sightwise.data.dicom import header_size
+
+    assert header_size(_file("JPEG2000.dcm")) == decode_image(_file("JPEG2000.dcm")).size
+    assert header_size(open(_file("CT_small.dcm"), "rb").read()) == (128, 128)
+
+
 def test_path_and_bytes_agree_and_dicom_folders_load_as_datasets(tmp_path):
     src = _file("CT_small.dcm")
     data = open(src, "rb").read()

@@ -155,3 +155,20 @@ def test_html_report_lists_flagged_files(mixed, tmp_path):
     assert res.exit_code == 1 and "2 with personal data" in res.output
     html = page.read_text()
     assert "site/north/gate.jpg" in html and "Jane Doe" in html and "clean.png" not in html
+
+
+def test_scrub_bytes_for_kept_uploads(mixed):
+    from sightwise.privacy.dicom_deid import Deidentifier
+    from sightwise.privacy.metadata import image_findings
+    from sightwise.privacy.scrub import scrub_bytes
+
+    jpeg, info = scrub_bytes((mixed / "site" / "north" / "gate.jpg").read_bytes())
+    assert info == {"format": "JPEG", "lossless": True} and image_findings(jpeg) == []
+    deid = Deidentifier()
+    ct, info = scrub_bytes((mixed / "scans" / "ct.dcm").read_bytes(), deidentifier=deid)
+    assert info["format"] == "DICOM" and pydicom.dcmread(io.BytesIO(ct)).PatientIdentityRemoved == "YES"
+    assert pydicom.dcmread(io.BytesIO(ct)).StudyInstanceUID in deid.uids.values()
+    with pytest.raises(ValueError, match="Burned In Annotation"):
+        scrub_bytes((mixed / "scans" / "burned.dcm").read_bytes())
+    with pytest.raises(ValueError, match="needs a FaceDetector"):
+        scrub_bytes(jpeg, faces="blur")

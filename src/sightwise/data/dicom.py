@@ -80,6 +80,12 @@ def read_dataset(source: str | Path | bytes, *, name: str | Path | None = None,
     return ds
 
 
+def header_size(source: str | Path | bytes, *, name: str | Path | None = None) -> tuple[int, int]:
+    """(width, height) from the header alone (pixel data not read): for size statistics."""
+    ds = read_dataset(source, name=name, stop_before_pixels=True)
+    return int(ds.get("Columns") or 0), int(ds.get("Rows") or 0)
+
+
 def decode_dicom(source: str | Path | bytes, *, name: str | Path | None = None,
                  frame: int | None = None, max_pixels: int = 40_000_000) -> Image.Image:
     """One frame of a DICOM file as an 8-bit RGB image (see the module notes).

@@ -151,7 +151,20 @@ def _detector(faces: bool | None, detector):
         if faces:
             raise DataError(INSTALL_HINT)
         return None, "faces not checked: " + INSTALL_HINT
-    return FaceDetector(), ""
+    return _LazyDetector(FaceDetector), ""
+
+
+class _LazyDetector:
+    """Builds the detector (torch import, weights: seconds) at the first photo, so a
+    DICOM-only data set never pays for it."""
+
+    def __init__(self, factory):
+        self._factory, self._detector = factory, None
+
+    def detect(self, image):
+        if self._detector is None:
+            self._detector = self._factory()
+        return self._detector.detect(image)
 
 
 def _progress(items, enabled: bool, label: str):

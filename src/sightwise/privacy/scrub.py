@@ -82,7 +82,28 @@ class _BurnedIn(Exception):
     pass
 
 
-def _scrub_one(data: bytes, path: Path, deid, detector, faces: str | None,
+def scrub_bytes(data: bytes, *, faces: str | None = None, detector=None, deidentifier=None,
+                allow_burned_in: bool = False) -> tuple[bytes, dict]:
+    """One file's clean bytes and what was done: for the server's kept uploads.
+
+    Photos: metadata stripped, and with faces="blur"/"box" (and a `detector`, built once
+    by the caller) faces blurred and the file re-encoded. DICOM (by its DICM magic): basic
+    profile de-identification with `deidentifier` (keep one per server so UIDs agree).
+    Raises ImageDecodeError for an unusable file and ValueError for a DICOM flagged as
+    burned-in annotation (not kept unless `allow_burned_in`).
+    """
+    from sightwise.privacy.dicom_deid import Deidentifier
+
+    if faces and detector is None:
+        raise ValueError("faces= needs a FaceDetector (build it once, at startup)")
+    try:
+        return _scrub_one(data, None, deidentifier or Deidentifier(), detector, faces,
+                          allow_burned_in)
+    except _BurnedIn as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _scrub_one(data: bytes, path: Path | None, deid, detector, faces: str | None,
                allow_burned_in: bool) -> tuple[bytes, dict]:
     from sightwise.data.dicom import looks_like_dicom
 
@@ -90,7 +111,7 @@ def _scrub_one(data: bytes, path: Path, deid, detector, faces: str | None,
         from sightwise.privacy.dicom_deid import BurnedInAnnotation, deidentify_bytes
 
         try:
-            clean, changes = deidentify_bytes(data, deid, name=str(path),
+            clean, changes = deidentify_bytes(data, deid, name=path and str(path),
                                               allow_burned_in=allow_burned_in)
         except BurnedInAnnotation as exc:
             raise _BurnedIn(str(exc)) from None
