@@ -113,7 +113,7 @@ def faces_figure(shown, detector, path: str) -> None:
         ax.axis("off")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
+    fig.savefig(buf, format="png", dpi=60)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     print(f"figure: {path}")

@@ -172,3 +172,26 @@ def test_scrub_bytes_for_kept_uploads(mixed):
         scrub_bytes((mixed / "scans" / "burned.dcm").read_bytes())
     with pytest.raises(ValueError, match="needs a FaceDetector"):
         scrub_bytes(jpeg, faces="blur")
+
+
+def test_check_without_torch_reports_metadata_and_says_faces_were_not_checked(mixed):
+    import subprocess
+    import sys
+
+    script = f"""
+import importlib.abc, json, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith(("torch.", "torchvision", "facenet_pytorch")):
+            raise ImportError(name + " is blocked in this test")
+sys.meta_path.insert(0, _NoTorch())
+from sightwise.privacy.check import check_dataset
+r = check_dataset({str(mixed / "site")!r}, progress=False)
+assert "torch" not in sys.modules
+print(json.dumps([r["faces_checked"], r["faces_note"], r["summary"]["flagged"]]))
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    checked, note, flagged = json.loads(res.stdout.strip().splitlines()[-1])
+    assert checked is False and "faces not checked" in note and flagged == 2

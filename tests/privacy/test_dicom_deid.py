@@ -225,3 +225,35 @@ def test_every_table_row_parses_and_repeating_groups_match():
     assert rule_for(0x60223000).keyword == "OverlayData"  # any even 60xx group
     assert rule_for(0x50001234).keyword == "CurveData"
     assert rule_for(0x60213000) is None  # odd group: private, handled by rule
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_every_table_attribute_present_got_its_action(name):
+    """Against Table E.1-1 itself: each top-level attribute the table lists and the file
+    carries is removed (X), given a new UID (U), shifted (Modified Dates) or emptied or
+    replaced (Z, D and the choices between them)."""
+    from sightwise.privacy.dicom_deid import rule_for
+
+    data, out, _ = _run(name)
+    before, after = _read(data), _read(out)
+    checked = 0
+    for elem in before:
+        rule = rule_for(int(elem.tag))
+        if rule is None or elem.tag.is_private or elem.value in ("", None, []):
+            continue
+        checked += 1
+        new = after.get(elem.tag)
+        if rule.shift and elem.VR in ("DA", "DT"):
+            assert new is not None and new.value != elem.value, rule.keyword
+        elif rule.shift and elem.VR == "TM":
+            assert new is not None and new.value == elem.value, rule.keyword  # times kept
+        elif rule.action == "X":
+            assert new is None, rule.keyword
+        elif elem.VR == "UI":
+            assert str(new.value).startswith("2.25."), rule.keyword
+        elif elem.VR == "SQ":
+            assert new is not None, rule.keyword  # kept with cleaned or no items
+        else:
+            assert new is not None and new.value != elem.value or new.value in ("", None), \
+                rule.keyword
+    assert checked >= 5
