@@ -94,15 +94,15 @@ def check_dataset(path: str | Path, *, faces: bool | None = None, detector=None,
     """
     root = Path(path)
     files, others = iter_candidates(root)
-    detector, faces_note = _detector(faces, detector)
+    detector, faces_note = make_detector(faces, detector)
     report = {"root": str(root), "files": [], "errors": [], "faces_checked": detector is not None,
-              "faces_note": faces_note, "not_checked": [_rel(p, root) for p in others]}
-    for file in _progress(files, progress, "privacy check"):
-        rel = _rel(file, root)
+              "faces_note": faces_note, "not_checked": [relative_path(p, root) for p in others]}
+    for file in progress_iter(files, progress, "privacy check"):
+        rel = relative_path(file, root)
         try:
             fmt, findings = file_findings(file.read_bytes(), file, detector)
         except (ImageDecodeError, OSError) as exc:
-            report["errors"].append({"path": rel, "error": _reason(exc)})
+            report["errors"].append({"path": rel, "error": error_reason(exc)})
             continue
         report["files"].append({"path": rel, "format": fmt, "findings": findings})
     report["summary"] = summarize(report)
@@ -142,7 +142,7 @@ def require_clean(dataset_path: str | Path, *, faces: bool = False) -> None:
                     + "; ".join(lines))
 
 
-def _detector(faces: bool | None, detector):
+def make_detector(faces: bool | None, detector):
     from sightwise.privacy.faces import INSTALL_HINT, FaceDetector, faces_available
 
     if detector is not None or faces is False:
@@ -167,7 +167,7 @@ class _LazyDetector:
         return self._detector.detect(image)
 
 
-def _progress(items, enabled: bool, label: str):
+def progress_iter(items, enabled: bool, label: str):
     if not enabled or len(items) < 2:
         return items
     from rich.progress import track
@@ -175,11 +175,11 @@ def _progress(items, enabled: bool, label: str):
     return track(items, description=label, transient=True)
 
 
-def _rel(path: Path, root: Path) -> str:
+def relative_path(path: Path, root: Path) -> str:
     return path.name if path == root else path.relative_to(root).as_posix()
 
 
-def _reason(exc: Exception) -> str:
+def error_reason(exc: Exception) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 

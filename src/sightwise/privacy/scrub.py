@@ -23,7 +23,13 @@ from pathlib import Path
 from sightwise.core import atomic_write_bytes, atomic_write_json, sha256_bytes
 from sightwise.errors import DataError, ImageDecodeError
 from sightwise.privacy.audit import AuditLog
-from sightwise.privacy.check import _detector, _progress, _reason, _rel, iter_candidates
+from sightwise.privacy.check import (
+    error_reason,
+    iter_candidates,
+    make_detector,
+    progress_iter,
+    relative_path,
+)
 
 PROFILES = ("basic",)
 
@@ -38,16 +44,16 @@ def scrub_dataset(src: str | Path, out: str | Path, *, faces: str | None = None,
     _validate(src, out, faces, dicom_profile, mapping)
     files, others = iter_candidates(src)
     if faces:
-        detector, _ = _detector(True, detector)
+        detector, _ = make_detector(True, detector)
     from sightwise.privacy.dicom_deid import Deidentifier
 
     deid = Deidentifier()
     log = AuditLog(audit_log or out / ".sightwise" / "audit.jsonl")
     summary = {"source": str(src), "out": str(out), "written": 0, "lossless": 0,
                "re_encoded": [], "dicom": 0, "faces_found": 0, "burned_in": [],
-               "errors": [], "not_copied": [_rel(p, src) for p in others], "notes": {}}
-    for file in _progress(files, progress, "privacy scrub"):
-        rel = _rel(file, src)
+               "errors": [], "not_copied": [relative_path(p, src) for p in others], "notes": {}}
+    for file in progress_iter(files, progress, "privacy scrub"):
+        rel = relative_path(file, src)
         try:
             data = file.read_bytes()
             clean, result = _scrub_one(data, file, deid, detector, faces, allow_burned_in)
@@ -57,7 +63,7 @@ def scrub_dataset(src: str | Path, out: str | Path, *, faces: str | None = None,
                        result=str(exc))
             continue
         except (ImageDecodeError, OSError) as exc:
-            summary["errors"].append({"path": rel, "error": _reason(exc)})
+            summary["errors"].append({"path": rel, "error": error_reason(exc)})
             continue
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
