@@ -182,3 +182,12 @@ def test_damaged_or_unknown_files_are_refused_with_a_reason():
         strip_metadata(b"GIF89a....")
     bmp = _save(_photo(), "BMP")
     assert strip_metadata(bmp) == bmp
+
+
+def test_an_exif_block_pillow_cannot_parse_is_flagged_and_removed():
+    original = _save(_photo(), "JPEG", exif=_exif())
+    at = original.index(b"Exif\x00\x00") + 6
+    broken = original[:at] + b"XX" + original[at + 2:]  # no valid TIFF byte order
+    assert [f["field"] for f in image_findings(broken)] == ["EXIF"]
+    stripped = strip_metadata(broken)
+    assert image_findings(stripped) == [] and b"Jane Doe" not in stripped

@@ -73,11 +73,15 @@ def file_findings(data: bytes, name: str | Path, detector=None) -> tuple[str, li
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
-        findings = image_findings(data)
     except UnidentifiedImageError:
         raise ImageDecodeError("not an image (unrecognised format)") from None
-    except Exception as exc:
-        raise ImageDecodeError(f"unreadable image metadata ({exc})") from None
+    except Exception as exc:  # Pillow's header parsers raise many types on damaged files
+        raise ImageDecodeError(f"unreadable image header ({exc})") from None
+    try:
+        findings = image_findings(data)
+    except Exception as exc:  # metadata we cannot parse may still be personal: flag it
+        findings = [{"kind": "exif", "source": "unparsed", "field": "metadata",
+                     "value": f"unreadable ({type(exc).__name__}); scrub removes it"}]
     if detector is not None:
         from sightwise.data.decode import decode_image
 

@@ -47,7 +47,12 @@ def image_findings(data: bytes) -> list[dict]:
     Raises the exceptions of `PIL.Image.open` for non-images (the caller reports them).
     """
     with Image.open(io.BytesIO(data)) as im:
-        found = _exif_findings(im.getexif())
+        exif = im.getexif()
+        found = _exif_findings(exif)
+        raw = im.info.get("exif")
+        if raw and len(exif) == 0:  # an EXIF block Pillow cannot parse may still name someone
+            found.append({"kind": "exif", "source": "exif", "field": "EXIF",
+                          "value": f"{len(raw)} bytes Pillow cannot parse"})
         found += _xmp_findings(im.info.get("xmp") or im.info.get("XML:com.adobe.xmp"))
         found += _iptc_findings(im)
         found += _text_findings(im)
