@@ -76,10 +76,10 @@ def scrub_dataset(src: str | Path, out: str | Path, *, faces: str | None = None,
         atomic_write_json(mapping, deid.mapping())
         os.chmod(mapping, 0o600)
     summary["audit_log"] = str(log.path)
-    record = log.append("privacy.scrub", result={k: (len(v) if isinstance(v, list) else v)
-                                                for k, v in summary.items()
-                                                if k not in ("source", "out", "notes")})
-    summary["audit_head"] = {"seq": record["seq"], "hash": record["hash"]}
+    log.append("privacy.scrub", result={k: (len(v) if isinstance(v, list) else v)
+                                       for k, v in summary.items()
+                                       if k not in ("source", "out", "notes")})
+    summary["audit_head"] = log.head()  # keep it elsewhere: verify-audit --expect-seq/-hash
     atomic_write_json(out / ".sightwise" / "scrub.json", summary)
     return summary
 
