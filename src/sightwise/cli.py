@@ -127,6 +127,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/bundle.")] = False,
     allow_outside: Annotated[bool, typer.Option(help="Let a CSV manifest name files outside "
                                                 "its own folder.")] = False,
+    require_clean: Annotated[bool, typer.Option(help="Refuse data that `sightwise privacy "
+                                                "check` flags (GPS, EXIF, DICOM PHI, faces).")] = False,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -136,6 +138,10 @@ def train(
     from sightwise.export.api import train_and_export
 
     _set_torch_threads(threads)
+    if require_clean:
+        from sightwise.privacy.check import require_clean as check_clean
+
+        check_clean(data)
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
                       split_seed=split_seed, epochs=epochs, batch_size=batch_size, lr=lr,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from sightwise.data.dicom import decode_dicom, looks_like_dicom
 from sightwise.errors import ImageDecodeError
 
 ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
@@ -29,7 +30,7 @@ ALLOWED_FORMATS = frozenset({"JPEG", "MPO", "PNG", "BMP", "TIFF", "WEBP"})
 DEFAULT_MAX_PIXELS = 40_000_000
 # 512 MiB: an uncompressed 40 MP 16-bit RGB TIFF is 240 MB; nothing larger is an image here.
 MAX_FILE_BYTES = 512 << 20
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".dcm"})
 
 
 def decode_image(
@@ -37,7 +38,8 @@ def decode_image(
 ) -> Image.Image:
     """Decode `source` (a path or the file's bytes) into an RGB Pillow image.
 
-    Raises `ImageDecodeError` with a short reason for anything unusable.
+    Raises `ImageDecodeError` with a short reason for anything unusable. DICOM files (the
+    `DICM` magic, or a .dcm name) are decoded by `sightwise.data.dicom` (pydicom).
 
     >>> import io, numpy as np
     >>> from PIL import Image
@@ -52,6 +54,9 @@ def decode_image(
     data = _read_bytes(source)
     if not data:
         raise ImageDecodeError("empty file")
+    name = None if isinstance(source, bytes | bytearray | memoryview) else source
+    if looks_like_dicom(data, name):  # DICM magic or a .dcm name: pydicom, not Pillow
+        return decode_dicom(data, name=name, max_pixels=max_pixels)
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:

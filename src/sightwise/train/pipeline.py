@@ -69,6 +69,7 @@ def median_side(ds: Dataset, n: int = 64) -> int | None:
     from PIL import Image
 
     from sightwise.data.datasets import NPZ_SCHEME, read_npz_image
+    from sightwise.data.dicom import header_size, looks_like_dicom
 
     sides = []
     step = max(1, len(ds.samples) // n)
@@ -76,6 +77,8 @@ def median_side(ds: Dataset, n: int = 64) -> int | None:
         try:
             if s.source.startswith(NPZ_SCHEME):
                 sides.append(max(read_npz_image(s.source).shape[:2]))
+            elif looks_like_dicom(b"", s.source):
+                sides.append(max(header_size(s.source)))
             else:
                 with Image.open(s.source) as im:
                     sides.append(max(im.size))
