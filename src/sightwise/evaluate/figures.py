@@ -106,18 +106,25 @@ def plot_confusion_matrix(
     rows = cm.sum(axis=1, keepdims=True)
     shown = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0) if normalize else cm
     vmax = 1.0 if normalize else max(int(cm.max()), 1)
-    # Many classes leave each tick less room: fewer, wider lines per label.
-    labels = [wrap_label(c, 18, max_lines=4 if n <= 12 else 2) for c in class_names]
-    label_in = 0.11 * max(len(line) for label in labels for line in label.split("\n"))
     side = min(max(4.5, 0.55 * n + 2.5), 22.0)
+    # A label gets as many lines as fit beside its row (and, turned upright, under its
+    # column), and lines long enough for the longest name to fit in them (up to 40
+    # characters a line; only a name longer than that many lines is shortened).
+    fontsize = 9 if n <= 12 else 7
+    lines = max(1, int(0.85 * (side - 1.5) / n / (1.25 * fontsize / 72)))
+    longest = max(len(c) for c in class_names)
+    width = min(40, max(18, math.ceil(longest / lines) + 3))
+    labels = [wrap_label(c, width, max_lines=lines) for c in class_names]
+    label_in = 0.075 * max(len(line) for label in labels for line in label.split("\n"))
     fig = new_figure(side + 1.0 + label_in, side + label_in)
     ax = fig.add_subplot()
     im = ax.imshow(shown, cmap="Blues", vmin=0, vmax=vmax)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04,
                  label="fraction of true class" if normalize else "count")
-    ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor",
-                  fontsize=9 if n <= 12 else 7)
-    ax.set_yticks(range(n), labels, fontsize=9 if n <= 12 else 7)
+    # Upright, not slanted: slanted multi-line labels run into their neighbours.
+    ax.set_xticks(range(n), labels, rotation=90, ha="right", va="center",
+                  rotation_mode="anchor", fontsize=fontsize)
+    ax.set_yticks(range(n), labels, fontsize=fontsize)
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
     ax.set_title(f"{title}, n = {int(cm.sum())}")
