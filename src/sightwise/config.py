@@ -26,7 +26,9 @@ class TrainConfig:
     label_smoothing: float = 0.1
     warmup_epochs: float = 1.0
     unfreeze: str = "all"  # "all" or "last-N" (the last N backbone stages train)
-    patience: int = 8  # small validation sets are noisy: 4 stopped BreastMNIST mid-schedule
+    # Small validation sets are noisy: a few flat epochs in a row happen by chance, and a
+    # shorter patience stops a run that is still improving (docs/experiments/).
+    patience: int = 8
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     members: int | None = None  # fine-tuned ensemble size; None: 3 up to 2000 training images, else 1
     tta: bool = True  # also predict on the mirrored image and average (when augmentation flips)

@@ -19,13 +19,18 @@ from sklearn.metrics import accuracy_score, f1_score
 
 from sightwise.baselines.benchmark import (
     METHODS,
+    Context,
+    Fold,
+    _linear_probe,
     index_digest,
     plan_folds,
     run_benchmark,
     summarise,
+    t_interval,
 )
 from sightwise.baselines.learning_curve import LC_METHODS, labelled_subsets
 from sightwise.data.datasets import Dataset, load_dataset
+from sightwise.data.preprocess import Preprocessing
 from sightwise.errors import DataError
 from sightwise.evaluate.metrics import bootstrap_ci
 from sightwise.types import Sample
@@ -229,6 +234,31 @@ def test_summarise_single_fold_reference():
     assert s["accuracy_ci"] == pytest.approx(list(ref_acc), abs=1e-12)
     assert s["macro_f1_ci"] == pytest.approx(list(ref_f1), abs=1e-12)
     assert s["accuracy_mean"] == 0.8 and s["size_bytes"] == 3
+
+
+def test_t_interval_hand_worked():
+    # mean 0.6, sd 0.1, sem 0.1 / sqrt(3) = 0.057735; t(0.975, 2 df) = 4.302653 (tables):
+    # half-width 0.248414
+    assert t_interval([0.5, 0.6, 0.7]) == pytest.approx([0.351586, 0.848414], abs=1e-6)
+    assert t_interval([0.9, 1.0, 1.0])[1] == 1.0  # clipped to an accuracy's range
+    assert t_interval([0.75, 0.75, 0.75]) == [0.75, 0.75]  # no spread: no interval to draw
+
+
+@pytest.mark.parametrize("counts, weighted", [((12, 4), False), ((13, 4), True), ((20, 20, 6), True)])
+def test_linear_probe_weights_classes_above_three_to_one(counts, weighted):
+    """The benchmark's probe follows the trainer's rule: weighted above 3:1 (12:4 is not)."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(len(counts)), counts)
+    feats = rng.normal(size=(len(labels), 8)).astype(np.float32) + labels[:, None]
+    n = len(labels)
+    pre = Preprocessing(size=32)
+    ctx = Context(data="", classes=[str(c) for c in range(len(counts))],
+                  labels=np.r_[labels, labels, labels], images=np.zeros((0,)), scratch_images=np.zeros((0,)),
+                  pre=pre, scratch_pre=pre, features=np.r_[feats, feats, feats],
+                  feature_s_per_image=0.0, backbone_bytes=0, model="", seed=0, progress=False)
+    fold = Fold(0, train=np.arange(n), val=np.arange(n, 2 * n), test=np.arange(2 * n, 3 * n))
+    run = _linear_probe(ctx, fold)
+    assert run.params["class_weight"] == ("balanced" if weighted else None)
 
 
 def test_cli_cnn_budget_fixes_each_cnn_budget(tmp_path, monkeypatch):

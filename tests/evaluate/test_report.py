@@ -1,9 +1,12 @@
-"""Report: one well-formed, self-contained HTML file with every figure embedded."""
+"""Report: one well-formed, self-contained HTML file with every figure embedded; split
+sizes, notes in place of empty figures, and long class names that wrap in a browser."""
 
 import base64
 import io
+import os
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +15,7 @@ from PIL import Image
 from sightwise.evaluate.calibration import softmax
 from sightwise.evaluate.figures import plot_confusion_matrix
 from sightwise.evaluate.metrics import classification_metrics
-from sightwise.evaluate.report import image_to_data_uri, write_report
+from sightwise.evaluate.report import Note, image_to_data_uri, write_report
 
 _VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "wbr", "source"}
 
@@ -130,3 +133,67 @@ def test_image_to_data_uri(tmp_path):
     bad.write_text("<script>alert(1)</script>")
     with pytest.raises(ValueError):
         image_to_data_uri(bad)
+
+
+LONG = "Extremely_long_class_name_for_a_very_specific_defect_type_60"
+SPLITS = {"test": {"cat": 2, LONG: 3}, "train": {"cat": 10, LONG: 9}, "val": {"cat": 2, LONG: 1}}
+
+
+def test_split_sizes_per_split_and_class_with_totals(tmp_path, metrics):
+    out = write_report(tmp_path / "r.html", title="t", metrics=metrics, figures={}, splits=SPLITS)
+    text = out.read_text(encoding="utf-8")
+    _parse(text)
+    assert "Data: images per split (train 19, val 3, test 5)" in text
+    table = text[text.index("Data: images per split"):text.index("Headline metrics")]
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", table)]
+    assert cells == ["Class", "train", "val", "test", "all",  # train, val, test in that order
+                     "cat", "10", "2", "2", "14",
+                     LONG, "9", "1", "3", "13",
+                     "all classes", "19", "3", "5", "27"]
+    assert "Extremely_<wbr>long_<wbr>class" in table  # the browser may break after "_"
+
+
+def test_a_note_takes_an_empty_figure_s_place(tmp_path, metrics):
+    cm = plot_confusion_matrix(metrics["confusion_matrix"], ["cat", "dog", "fox"], tmp_path / "cm.png")
+    out = write_report(tmp_path / "r.html", title="t", metrics=metrics, figures={
+        "Training curves": Note("a linear probe has no <curve>."), "Confusion matrix": cm,
+        "Most confident mistakes (test)": Note("no mistakes on the test split (n = 90).")})
+    text = out.read_text(encoding="utf-8")
+    parsed = _parse(text)
+    assert len(parsed.img_srcs) == 1  # only the real figure is an image
+    body = re.sub(r"\s+", " ", "".join(parsed.text))
+    assert "Most confident mistakes (test): no mistakes on the test split (n = 90)." in body
+    assert "a linear probe has no &lt;curve&gt;." in text
+    # in the order given: the note, the figure, the note
+    assert text.index("Training curves") < text.index("Confusion matrix") < text.index("no mistakes")
+
+
+CHROMIUM = os.environ.get("SIGHTWISE_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}")
+def test_long_class_names_wrap_in_a_browser(tmp_path):
+    """Rendered at a phone-ish 700 px width, no table with 60-character class names is wider
+    than the page: the names wrap inside their cells (and nothing is cut)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    names = [LONG, LONG.replace("60", "61"), "cat"]
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 10)
+    m = classification_metrics(y, softmax(rng.normal(size=(30, 3)) + np.eye(3)[y] * 2), names,
+                               n_boot=50)
+    out = write_report(tmp_path / "r.html", title="t", metrics=m, figures={},
+                       splits={"train": dict.fromkeys(names, 5), "test": dict.fromkeys(names, 10)})
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 700, "height": 900})
+            page.goto(out.as_uri())
+            widths = page.evaluate("""() => [...document.querySelectorAll('table')].map(
+                t => [t.getBoundingClientRect().right, document.body.getBoundingClientRect().right])""")
+            texts = page.evaluate("() => [...document.querySelectorAll('td')].map(c => c.innerText)")
+        finally:
+            browser.close()
+    assert all(right <= body + 1 for right, body in widths), widths
+    shown = [t.replace("\n", "") for t in texts]
+    assert shown.count(LONG) == 2  # per-class table and split table, whole

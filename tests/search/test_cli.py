@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from sightwise.search.cli import index_app
+from sightwise.search.embed import embedding_notes
 from sightwise.search.store import SearchIndex
 
 runner = CliRunner()
@@ -57,7 +60,7 @@ def test_add_and_remove(texture_index, texture_data, tmp_path):
     src = next(texture_data.rglob("*.png"))
     (extra / "new.png").write_bytes(src.read_bytes()[:-1] + b"\0")  # new bytes, new sha
     (extra / "broken.png").write_bytes(b"not an image")
-    result = _run("add", ix, extra, "--labels", "none", "-q")
+    result = _run("add", ix, extra, "--labels", "none", "--no-progress")
     assert result.exit_code == 0, result.output
     assert "skipped" in result.output and "broken.png" in result.output
     idx = SearchIndex.load(ix)
@@ -68,7 +71,7 @@ def test_add_and_remove(texture_index, texture_data, tmp_path):
 
 
 def test_evaluate_json_contract(texture_index, texture_data):
-    result = _run("evaluate", texture_index, "--queries", texture_data, "--json", "-q")
+    result = _run("evaluate", texture_index, "--queries", texture_data, "--json", "--no-progress")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert {"recall@1", "recall@5", "recall@10", "map", "n_queries"} <= set(out)
@@ -76,3 +79,55 @@ def test_evaluate_json_contract(texture_index, texture_data):
     # every query is byte-identical to an indexed tile, so it is excluded from its results;
     # the nearest other tiles are of the same texture
     assert out["recall@10"] >= out["recall@5"] >= out["recall@1"] > 0.5
+    # the session bundle is a linear probe: evaluating says which embedding was scored
+    assert "ImageNet features, frozen" in result.stderr
+
+
+def test_build_says_a_linear_probe_indexes_frozen_imagenet_features(search_bundle, texture_data,
+                                                                     tmp_path):
+    model = json.loads((search_bundle / "bundle.json").read_text())["model"]
+    assert model["strategy"] == "linear-probe"
+    result = _run("build", texture_data, "--bundle", search_bundle, "--out", tmp_path / "ix",
+                  "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (f"embedding: {model['name']}'s ImageNet features, frozen (a linear probe trains "
+            "only the head)") in result.stderr
+    assert "sightwise train DATA --strategy finetune" in result.stderr
+    assert "docs/guides/search.md" in result.stderr
+    recorded = SearchIndex.load(tmp_path / "ix").bundle["model"]
+    assert recorded["strategy"] == "linear-probe" and recorded["name"]
+
+
+@pytest.mark.parametrize("meta, first, hint", [
+    ({"task": "embedding", "model": {"name": "efficientnet_lite0", "strategy": "pretrained"}},
+     "embedding: efficientnet_lite0's ImageNet features, frozen (this bundle was never trained "
+     "on your images)", True),
+    ({"task": "classification", "model": {"name": "resnet18", "strategy": "linear-probe"}},
+     "embedding: resnet18's ImageNet features, frozen (a linear probe trains only the head)", True),
+    ({"task": "classification", "model": {"name": "resnet18", "strategy": "finetune"}},
+     "embedding: resnet18 fine-tuned on the images the bundle was trained on (pooled features)",
+     False),
+    ({"task": "classification", "model": {"name": "small_resnet", "strategy": "scratch"}},
+     "embedding: small_resnet trained from scratch on the images the bundle was trained on", False),
+])
+def test_embedding_notes_name_the_embedding_and_point_frozen_ones_to_finetune(meta, first, hint):
+    notes = embedding_notes(meta)
+    assert notes[0] == first
+    assert (len(notes) == 2 and "--strategy finetune" in notes[1]) == hint
+    assert embedding_notes({"task": "classification"}) == []  # an index from before: silent
+
+
+def test_progress_is_spelled_like_train_and_quiet_still_works(texture_index, texture_data):
+    commands = typer.main.get_command(index_app).commands
+    for name in ("build", "add", "dupes", "evaluate"):
+        opts = {o for p in commands[name].params if not getattr(p, "hidden", False)
+                for o in (*p.opts, *p.secondary_opts)}
+        assert {"--progress", "--no-progress"} <= opts and "--quiet" not in opts, name
+    for name, command in commands.items():
+        missing = [p.name for p in command.params
+                   if not getattr(p, "hidden", False) and not (getattr(p, "help", "") or "").strip()]
+        assert missing == [], name
+    old = _run("evaluate", texture_index, "--queries", texture_data, "--json", "-q")
+    assert old.exit_code == 0, old.output
+    assert "--quiet is deprecated; use --no-progress" in old.stderr
+    assert json.loads(old.stdout)["n_queries"] == 144

@@ -12,6 +12,7 @@ the part, whatever its level against other images.
 from __future__ import annotations
 
 import html
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from sightwise.anomaly.metrics import (
 )
 from sightwise.anomaly.scoring import list_images
 from sightwise.data.decode import decode_image
-from sightwise.errors import ImageDecodeError
+from sightwise.errors import DataError, ImageDecodeError
 
 
 def _mask_for(image: Path, defect_root: Path, masks_root: Path | None, size: int):
@@ -40,6 +41,32 @@ def _mask_for(image: Path, defect_root: Path, masks_root: Path | None, size: int
         return None
     m = Image.open(f).convert("L").resize((size, size), Image.Resampling.NEAREST)
     return np.asarray(m) > 127
+
+
+def _folder_links(root: Path) -> list[Path]:
+    """Links to folders anywhere under `root`: the image listing does not follow them (a
+    link can lead out of the tree, or round in a loop)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.rglob("*") if p.is_symlink() and p.is_dir())
+
+
+def side_images(path: str | Path, option: str) -> list[Path]:
+    """The images of one side (--good or --defect). An empty side makes every figure
+    meaningless (an AUROC needs both), so it is an error that names the folder; folder
+    links that were left out are named too, whether or not other images were found."""
+    root = Path(path)
+    files = list_images(root)
+    links = _folder_links(root)
+    shown = ", ".join(str(p.relative_to(root)) for p in links[:3]) + (", ..." if len(links) > 3 else "")
+    if not files:
+        why = (f"; its folder links ({shown}) are not followed: pass the folders they point to"
+               if links else " (folder links are not followed)")
+        raise DataError(f"{option} {root}: no images found{why}")
+    if links:
+        print(f"warning: {option} {root}: {len(links)} folder link(s) not followed ({shown})",
+              file=sys.stderr)
+    return files
 
 
 def _score_set(det: Detector, files: list[Path], batch: int = 16):
@@ -63,10 +90,14 @@ def _score_set(det: Detector, files: list[Path], batch: int = 16):
 def evaluate_detector(detector: str | Path, good: str | Path, defect: str | Path,
                       masks: str | Path | None = None, report: str | Path | None = None,
                       threads: int | None = None, top: int = 8) -> dict:
+    good_files, defect_files = side_images(good, "--good"), side_images(defect, "--defect")
     det = Detector(detector, threads=threads)
     size = det.pre.size
-    g_scores, g_maps, g_files, g_imgs = _score_set(det, list_images(good))
-    d_scores, d_maps, d_files, d_imgs = _score_set(det, list_images(defect))
+    g_scores, g_maps, g_files, g_imgs = _score_set(det, good_files)
+    d_scores, d_maps, d_files, d_imgs = _score_set(det, defect_files)
+    for got, option, folder in ((g_files, "--good", good), (d_files, "--defect", defect)):
+        if not got:
+            raise DataError(f"{option} {folder}: none of its images could be read")
     y = np.r_[np.zeros(len(g_scores), bool), np.ones(len(d_scores), bool)]
     scores = np.r_[g_scores, d_scores]
     counts = detection_counts(scores, y, det.threshold)

@@ -7,15 +7,15 @@ concatenated, and a 3x3 average pool (stride 1) makes each patch aware of its ne
 All of it lives in the exported graph, so the torch-free scorer only runs ONNX.
 
 Lite0's mid-level stages (2 and 4) alone miss defects that are a change of the whole
-surface rather than a local mark (magnetic tile's "Uneven": pixel AUROC 0.74); adding the
-last stage (6, 320 channels at /32) raised it to 0.90 and the pooled pixel AUROC from 0.78
-to 0.87 (10 % coreset), so the default takes stages 2, 4 and 6.
+surface rather than a local mark: a patch sees too little of the part to tell an uneven
+surface from an even one. The last stage (6, 320 channels at /32) sees that much, so the
+default takes stages 2, 4 and 6 (the measurements are in docs/experiments/).
 
 The image is reflect-padded before the backbone and the feature map cropped back to the
 image's grid after it. Without that, patches at the border see the network's zero padding,
 which good images do not share evenly (a tile's edge, a bright rim), and the image score,
-a maximum, is taken at the border: on magnetic tile 32 px of reflection raised image AUROC
-from 0.82 to 0.86 and pixel AUROC from 0.75 to 0.78 (1 % coreset).
+a maximum, is then taken at the border. Reflection gives border patches the image's own
+texture instead (docs/experiments/ has what it gained).
 """
 
 from __future__ import annotations

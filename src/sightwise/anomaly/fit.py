@@ -39,8 +39,9 @@ PARITY_TOL = 1e-4
 class FitConfig:
     backbone: str = "efficientnet_lite0"
     img_size: int = 224
-    # letterbox keeps each image's aspect ratio: magnetic tile's crops run from 0.4:1 to
-    # 2.4:1, and stretching each to a square changes its texture's proportions (see README)
+    # letterbox keeps each image's aspect ratio: crops of a part can be far from square, and
+    # stretching each to a square changes its texture's proportions from image to image,
+    # which a memory bank of textures reads as defects (docs/experiments/)
     resize: str = "letterbox"
     coreset: float = 0.1
     false_alarm_rate: float = 0.01

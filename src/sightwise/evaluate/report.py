@@ -14,6 +14,7 @@ import html
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import sightwise
@@ -34,14 +35,25 @@ h1{border-bottom:2px solid #d0d7de;padding-bottom:.3rem}
 h2{margin-top:2rem;border-bottom:1px solid #d0d7de;padding-bottom:.2rem}
 table{border-collapse:collapse;margin:.5rem 0 1rem}
 th,td{border:1px solid #d0d7de;padding:.3rem .7rem;text-align:left;vertical-align:top}
+td:first-child{max-width:24rem;overflow-wrap:anywhere}
 th{background:#f6f8fa}
+tr.total td{font-weight:600;background:#f6f8fa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 figure{margin:1rem 0}
 figure img{max-width:100%;height:auto;border:1px solid #d0d7de}
 figcaption{color:#57606a;font-size:.9rem}
+p.note{margin:1rem 0;padding:.5rem .8rem;border-left:3px solid #d0d7de;background:#f6f8fa}
 code{white-space:pre-wrap;font-size:.85rem}
 footer{margin-top:3rem;color:#57606a;font-size:.8rem}
 """
+
+
+@dataclass(frozen=True)
+class Note:
+    """A figure's place in the report taken by a sentence: what there was not to draw
+    (no mistakes, no training curve) is said, not drawn as an empty box."""
+
+    text: str
 
 
 def image_to_data_uri(path: str | Path) -> str:
@@ -60,6 +72,12 @@ def _esc(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _name(value: object) -> str:
+    """A class name as cell HTML: escaped, with a line-break opportunity after each
+    underscore, so a long snake_case name wraps between its words."""
+    return _esc(value).replace("_", "_<wbr>")
+
+
 def _fmt(value: object) -> str:
     """Format one metric value as escaped HTML text: 3 decimals, 'n/a' for None."""
     if value is None:
@@ -73,16 +91,19 @@ def _fmt(value: object) -> str:
     return _esc(value)
 
 
-def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
-    """Rows hold already-escaped cell HTML; columns from ``numeric_from`` align right."""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(
+def _table(header: list[str], rows: list[list[str]], numeric_from: int = 1,
+           total: list[str] | None = None) -> str:
+    """Rows hold already-escaped cell HTML; columns from ``numeric_from`` align right;
+    ``total`` is a last row set apart (sums)."""
+    def row_html(row: list[str], cls: str = "") -> str:
+        return f"<tr{cls}>" + "".join(
             f'<td class="num">{c}</td>' if j >= numeric_from else f"<td>{c}</td>"
-            for j, c in enumerate(row)
-        ) + "</tr>"
-        for row in rows
-    )
+            for j, c in enumerate(row)) + "</tr>"
+
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join(row_html(r) for r in rows)
+    if total:
+        body += row_html(total, ' class="total"')
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -126,7 +147,7 @@ def _metrics_html(metrics: dict) -> str:
     per_class = metrics.get("per_class") or {}
     if per_class:
         pc_rows = [
-            [_esc(name), _fmt(v.get("precision")), _fmt(v.get("recall")), _fmt(v.get("f1")),
+            [_name(name), _fmt(v.get("precision")), _fmt(v.get("recall")), _fmt(v.get("f1")),
              _fmt(v.get("support"))]
             for name, v in per_class.items()
         ]
@@ -135,16 +156,35 @@ def _metrics_html(metrics: dict) -> str:
     return out
 
 
-def _figures_html(figures: dict[str, str | Path]) -> str:
+def _figures_html(figures: dict[str, str | Path | Note]) -> str:
     if not figures:
         return ""
     parts = ["<h2>Figures</h2>"]
-    for caption, fig_path in figures.items():
+    for caption, fig in figures.items():
+        if isinstance(fig, Note):
+            parts.append(f'<p class="note"><strong>{_esc(caption)}:</strong> {_esc(fig.text)}</p>')
+            continue
         parts.append(
-            f'<figure><img src="{image_to_data_uri(fig_path)}" alt="{_esc(caption)}">'
+            f'<figure><img src="{image_to_data_uri(fig)}" alt="{_esc(caption)}">'
             f"<figcaption>{_esc(caption)}</figcaption></figure>"
         )
     return "".join(parts)
+
+
+_SPLIT_ORDER = ("train", "val", "test")
+
+
+def _splits_html(splits: dict[str, dict[str, int]]) -> str:
+    """Images per split and class ({split: {class: n}}), with totals both ways."""
+    names = [s for s in _SPLIT_ORDER if s in splits] + sorted(set(splits) - set(_SPLIT_ORDER))
+    classes = list(dict.fromkeys(c for s in names for c in splits[s]))
+    rows = [[_name(c)] + [_fmt(splits[s].get(c, 0)) for s in names]
+            + [_fmt(sum(splits[s].get(c, 0) for s in names))] for c in classes]
+    totals = [sum(splits[s].values()) for s in names]
+    body = _table(["Class", *names, "all"], rows,
+                  total=["all classes", *(_fmt(n) for n in [*totals, sum(totals)])])
+    sizes = ", ".join(f"{s} {n}" for s, n in zip(names, totals, strict=True))
+    return f"<h2>Data: images per split ({_esc(sizes)})</h2>{body}"
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -166,20 +206,25 @@ def write_report(
     *,
     title: str,
     metrics: dict,
-    figures: dict[str, str | Path],
+    figures: dict[str, str | Path | Note],
     sections: list[tuple[str, str]] | None = None,
     run_info: dict | None = None,
+    splits: dict[str, dict[str, int]] | None = None,
 ) -> Path:
     """Write the evaluation report as one self-contained HTML file and return its path.
 
     ``metrics`` is the dict from ``classification_metrics`` (an optional ``"split"`` key
-    names the split; default "test"). ``figures`` maps caption -> image file; each is
-    embedded. ``sections`` are (heading, trusted HTML body) pairs appended at the end.
+    names the split; default "test"). ``figures`` maps caption -> image file (embedded) or
+    `Note` (a sentence in the figure's place). ``splits`` ({split: {class: n}}) adds the
+    table of split sizes. ``sections`` are (heading, trusted HTML body) pairs appended at
+    the end.
     """
     path = Path(path)
     body = [f"<h1>{_esc(title)}</h1>"]
     if run_info:
         body.append(_run_info_html(run_info))
+    if splits:
+        body.append(_splits_html(splits))
     body.append(_metrics_html(metrics))
     body.append(_figures_html(figures))
     for heading, snippet in sections or []:

@@ -3,9 +3,11 @@
     python predict.py IMAGE [IMAGE ...] [--top-k 3] [--json] [--threads N]
 
 Written by `sightwise export --edge DIR` (it is copied as predict.py). The resize and
-normalisation repeat sightwise.data.preprocess.resize_rgb / normalize step for step, and the
-RGB conversion repeats sightwise.data.decode.to_rgb, so this script answers what the
-Sightwise runtime and server answer (sightwise's tests check it).
+normalisation repeat sightwise.data.preprocess.resize_rgb / normalize step for step, the
+RGB conversion repeats sightwise.data.decode.to_rgb, and softmax / top-k repeat
+sightwise.core's, so this script answers what the Sightwise runtime and server answer.
+It keeps its own copies because it must run with onnxruntime, numpy and Pillow alone;
+sightwise's tests compare each copy with the library on edge cases (tests/export/test_edge.py).
 """
 
 from __future__ import annotations
@@ -25,17 +27,25 @@ MAX_PIXELS = 40_000_000  # refuse decompression bombs, as sightwise does
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode -> 8-bit RGB; 16-bit scaled from full range, transparency on white."""
-    if img.mode == "RGB":
+    """Any mode -> 8-bit RGB, exactly as sightwise.data.decode.to_rgb: 16/32-bit integers
+    scaled from the 16-bit range (a dim image stays dim), float images from [0, 1] (or
+    from [0, 255] when they exceed 1), transparency composited on white."""
+    mode = img.mode
+    if mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 255.0 if arr.max(initial=0) <= 255 else 65535.0
-        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img)
+        if mode == "F":
+            arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr
+            top = 255.0
+        else:
+            top = 65535.0
+        grey = np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
-    if img.mode == "P":
+    if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
@@ -82,9 +92,21 @@ def normalize(batch: np.ndarray, pre: dict) -> np.ndarray:
 
 
 def softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
-    z = logits.astype(np.float64) / temperature
+    """Row-wise softmax(logits / T) in float64, returned as float32 (as sightwise.core)."""
+    t = float(temperature)
+    if not (np.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite positive number, got {temperature!r}")
+    z = np.atleast_2d(np.asarray(logits, np.float64)) / t
     e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def top_k_indices(probs: np.ndarray, k: int) -> np.ndarray:
+    """The k largest, largest first; ties keep the lower index first; k clamped to
+    1..len(probs) (as sightwise.core)."""
+    p = np.asarray(probs)
+    k = max(1, min(int(k), p.shape[-1]))
+    return np.argsort(-p, kind="stable")[:k]
 
 
 def predict(paths: list[str], top_k: int = 3, threads: int | None = None) -> list[dict]:
@@ -104,7 +126,7 @@ def predict(paths: list[str], top_k: int = 3, threads: int | None = None) -> lis
             out.append({"image": path, "error": f"cannot read image ({exc})", "predictions": []})
             continue
         probs = softmax(session.run(["logits"], {"image": x})[0], pre["temperature"])[0]
-        order = np.argsort(-probs)[: max(1, min(top_k, len(labels)))]
+        order = top_k_indices(probs, top_k)
         out.append({"image": path, "error": None, "predictions": [
             {"label": labels[i], "probability": float(probs[i])} for i in order]})
     return out

@@ -7,20 +7,19 @@ CPU pairing ("U8S8"), see onnxruntime.ai/docs/performance/model-optimizations/qu
 
 Weights are rounded with GPTQ (Frantar et al., ICLR 2023; see gptq.py) rather than to the
 nearest int8 value: each rounding error is compensated by the weights not yet rounded, so a
-layer's output on calibration data moves as little as it can. On a BreastMNIST fine-tune it
-halved the int8 graph's mean |logit error| on the test images (0.27 -> 0.13).
+layer's output on calibration data moves as little as it can (docs/experiments/ records
+what it gained).
 
 Rounding the weights of ~50 convolutions shifts each layer's mean output a little, and the
 shifts add up through the network. Empirical bias correction (Nagel et al., "Data-Free
 Quantization Through Weight Equalization and Bias Correction", ICCV 2019, section 4.2)
 removes them: layer by layer, in graph order, the int8 graph's mean output per channel on
 calibration images is compared with the float graph's and the difference is taken off that
-layer's (int32) bias. On a NEU linear-probe bundle it cut the mean |logit error| from 1.57 to
-0.35 and the top-1 flips on its 270 test images from 3 to 0.
+layer's (int32) bias, so the shifts no longer add up (docs/experiments/ for the effect).
 
 A network's first layers have the fewest weights and are the most sensitive to rounding
-them (on a BreastMNIST fine-tune the 864-weight stem alone caused as much logit error as all
-49 convolutions together). Each convolution's sensitivity is measured (its weights alone
+them: every later layer sees their error, and each of their few weights carries much of the
+signal (docs/experiments/). Each convolution's sensitivity is measured (its weights alone
 rounded, the float graph's outputs compared) and the most sensitive ones are kept in float
 while they hold at most FLOAT_WEIGHT_SHARE of the weights: a few kilobytes of model size.
 """
@@ -149,8 +148,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, images: np.ndarray, pre: Prep
             quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             # Percentile (99.999 %) ignores the rare extreme activations that stretch a
-            # MinMax range: on NEU it halved the top-1 flips (2 -> 1 of 270); MinMax, its
-            # moving average, S8S8 and U8U8 all left 2.
+            # MinMax range and leave too few int8 steps for the common values (compared
+            # with MinMax, its moving average, S8S8 and U8U8 in docs/experiments/).
             calibrate_method=CalibrationMethod.Percentile,
             nodes_to_exclude=keep_float,
         )

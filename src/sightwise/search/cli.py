@@ -22,11 +22,27 @@ index_app = typer.Typer(no_args_is_help=True, add_completion=False,
 Threads = Annotated[int | None, typer.Option("--threads", help="onnxruntime threads.")]
 Labels = Annotated[str, typer.Option("--labels", help="none|top|leaf: class from the top "
                                      "folder or the whole folder path (or the CSV's label).")]
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+# The earlier spelling; `train` and every other command say --no-progress.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", hidden=True,
+                                     help="Deprecated: use --no-progress.")]
 
 
 def _err(msg: str) -> None:
     typer.echo(msg, err=True)
+
+
+def _show_progress(progress: bool, quiet: bool) -> bool:
+    if quiet:
+        _err("note: --quiet is deprecated; use --no-progress")
+    return progress and not quiet
+
+
+def _say_which_embedding(meta: dict) -> None:
+    from sightwise.search.embed import embedding_notes
+
+    for line in embedding_notes(meta):
+        _err(line)
 
 
 @index_app.command()
@@ -39,17 +55,21 @@ def build(
     flat_limit: Annotated[int, typer.Option("--flat-limit", help="auto: HNSW at or above "
                                             "this many images.")] = 50_000,
     m: Annotated[int, typer.Option("--hnsw-m", help="HNSW links per node.")] = 32,
-    ef_construction: Annotated[int, typer.Option("--ef-construction")] = 200,
-    ef_search: Annotated[int, typer.Option("--ef-search")] = 128,
-    labels: Labels = "top", threads: Threads = None, quiet: Quiet = False,
+    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW candidates "
+                                                 "kept while linking a new item.")] = 200,
+    ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW candidates kept while "
+                                           "searching (recall against speed).")] = 128,
+    labels: Labels = "top", threads: Threads = None, progress: Progress = True,
+    quiet: Quiet = False,
 ) -> None:
-    """Embed every image with the bundle into a new index."""
+    """Embed every image with the bundle into a new index (and say which embedding it is)."""
     from sightwise.search.api import build_index
     from sightwise.search.store import HnswParams
 
-    build_index(images, bundle, out, kind=kind, labels=labels, flat_limit=flat_limit,
-                hnsw=HnswParams(m, ef_construction, ef_search), threads=threads,
-                progress=not quiet, log=_err)
+    index = build_index(images, bundle, out, kind=kind, labels=labels, flat_limit=flat_limit,
+                        hnsw=HnswParams(m, ef_construction, ef_search), threads=threads,
+                        progress=_show_progress(progress, quiet), log=_err)
+    _say_which_embedding(index.bundle)
 
 
 @index_app.command()
@@ -58,13 +78,14 @@ def add(
     index: Annotated[str, typer.Argument(help="Index folder.")],
     images: Annotated[str, typer.Argument(help="Folder, dataset or CSV manifest to add.")],
     bundle: Annotated[str | None, typer.Option("--bundle", help="Defaults to the index's.")] = None,
-    labels: Labels = "top", threads: Threads = None, quiet: Quiet = False,
+    labels: Labels = "top", threads: Threads = None, progress: Progress = True,
+    quiet: Quiet = False,
 ) -> None:
     """Embed and add images (files already indexed, by sha256, are skipped)."""
     from sightwise.search.api import add_images
 
     add_images(index, images, bundle_ref=bundle, labels=labels, threads=threads,
-               progress=not quiet, log=_err)
+               progress=_show_progress(progress, quiet), log=_err)
 
 
 @index_app.command()
@@ -87,7 +108,8 @@ def query(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="Matches per query.")] = 10,
     bundle: Annotated[str | None, typer.Option("--bundle", help="Defaults to the index's; "
                                                "any other bundle is refused.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False, threads: Threads = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the matches as JSON.")] = False,
+    threads: Threads = None,
 ) -> None:
     """Ranked matches (similarity + metadata) for each query image."""
     from sightwise.search.api import open_index, query_paths
@@ -113,14 +135,15 @@ def dupes(
     bundle: Annotated[str | None, typer.Option("--bundle", help="Needed for images.")] = None,
     out: Annotated[str | None, typer.Option("--out", help="Write JSON here (else stdout).")] = None,
     sheet: Annotated[str | None, typer.Option("--sheet", help="Contact sheet PNG.")] = None,
-    labels: Labels = "top", threads: Threads = None, quiet: Quiet = False,
+    labels: Labels = "top", threads: Threads = None, progress: Progress = True,
+    quiet: Quiet = False,
 ) -> None:
     """Near-duplicate groups, and pairs that cross splits (leakage)."""
     from sightwise.search.api import index_for
     from sightwise.search.dupes import contact_sheet, find_duplicates
 
-    idx = index_for(source, bundle, labels=labels, threads=threads, progress=not quiet,
-                    log=_err)
+    idx = index_for(source, bundle, labels=labels, threads=threads,
+                    progress=_show_progress(progress, quiet), log=_err)
     report = find_duplicates(idx, threshold)
     if sheet:
         contact_sheet(report["groups"], sheet)
@@ -140,16 +163,18 @@ def dupes(
 def evaluate(
     index: Annotated[str, typer.Argument(help="Index folder (items carry labels).")],
     queries: Annotated[str, typer.Option("--queries", help="Labelled folder or CSV manifest.")],
-    labels: Labels = "top", as_json: Annotated[bool, typer.Option("--json")] = False,
-    threads: Threads = None, quiet: Quiet = False,
+    labels: Labels = "top", as_json: Annotated[bool, typer.Option("--json", help="Print one "
+                                                                   "JSON object.")] = False,
+    threads: Threads = None, progress: Progress = True, quiet: Quiet = False,
 ) -> None:
     """recall@1/5/10 and mAP of label retrieval (own byte-identical copies excluded)."""
     from sightwise.search.api import open_index
     from sightwise.search.evaluate import evaluate_index
 
     idx, predictor = open_index(index, threads=threads)
-    result = evaluate_index(idx, predictor, queries, labels=labels, progress=not quiet,
-                            log=_err)
+    result = evaluate_index(idx, predictor, queries, labels=labels,
+                            progress=_show_progress(progress, quiet), log=_err)
+    _say_which_embedding(predictor.bundle.meta)
     if as_json:
         typer.echo(json.dumps(result))
         return

@@ -51,9 +51,42 @@ def collect_images(source: str | Path, labels: str = "top") -> list[dict]:
 
 def bundle_provenance(bundle: Bundle, ref: str) -> dict:
     """What an index records about the bundle that embedded it."""
+    model = dict(bundle.meta.model)
     return {"ref": str(ref), "path": str(Path(bundle.path).resolve()),
             "bundle_json_sha256": sha256_path(Path(bundle.path) / "bundle.json"),
-            "task": bundle.task, "preprocessing": bundle.preprocessing.to_dict()}
+            "task": bundle.task, "preprocessing": bundle.preprocessing.to_dict(),
+            "model": {k: model[k] for k in ("name", "strategy") if k in model}}
+
+
+# A linear probe trains only the head: the pooled features before it are the pretrained
+# backbone's, as they came from ImageNet, and they tell the user's classes apart less well
+# than features fine-tuned on them (docs/guides/search.md compares the two on one data set).
+FROZEN_STRATEGIES = ("linear-probe", "pretrained")
+
+
+def embedding_notes(meta: dict) -> list[str]:
+    """Lines saying which embedding a bundle (its bundle.json, or an index's record of it)
+    gives, and, when it is the frozen ImageNet one, how to get one tuned to the images.
+
+    >>> embedding_notes({"task": "classification",
+    ...                  "model": {"name": "resnet18", "strategy": "finetune"}})
+    ['embedding: resnet18 fine-tuned on the images the bundle was trained on (pooled features)']
+    """
+    model = meta.get("model") or {}
+    name, strategy = model.get("name", "the backbone"), model.get("strategy")
+    if meta.get("task") == "embedding" or strategy in FROZEN_STRATEGIES:
+        why = ("a linear probe trains only the head" if strategy == "linear-probe"
+               else "this bundle was never trained on your images")
+        return [f"embedding: {name}'s ImageNet features, frozen ({why})",
+                "for search by your own classes a fine-tuned embedding is usually much better: "
+                "`sightwise train DATA --strategy finetune --out RUN`, then index RUN/bundle "
+                "(see docs/guides/search.md)"]
+    if strategy == "finetune":
+        return [f"embedding: {name} fine-tuned on the images the bundle was trained on "
+                "(pooled features)"]
+    if strategy == "scratch":
+        return [f"embedding: {name} trained from scratch on the images the bundle was trained on"]
+    return []  # an index made before this was recorded, or a bundle that does not say
 
 
 def _decoded(records: list[dict], batch_size: int, on_error: Callable[[str, str], None]

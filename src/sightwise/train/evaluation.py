@@ -13,10 +13,11 @@ from sightwise.evaluate.figures import (
     plot_confusion_matrix,
     plot_mistakes_grid,
     plot_reliability_diagram,
+    plot_training_curves,
 )
 from sightwise.evaluate.metrics import classification_metrics
-from sightwise.evaluate.report import write_report
-from sightwise.train.overlays import overlay_figure
+from sightwise.evaluate.report import Note, write_report
+from sightwise.train.overlays import MAX_CLASSES_SHOWN, MAX_MISTAKES_SHOWN, overlay_figure
 
 
 def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> dict:
@@ -55,16 +56,20 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
                    "budget_seconds": cfg.budget_s,
                    "total_seconds": budget.elapsed()},
     }
-    figures = _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test)
+    figures = {**_training_curves(run_dir, metrics),
+               **_figures(run_dir, test, classes, probs_raw, probs, y_test, x_test)}
     overlay = overlay_figure(trained.model, x_test, y_test, probs, classes, pre,
                              run_dir / "figures" / "cam_overlays.png")
     if overlay:
-        figures["Where the model looks: class activation maps of the predicted class on test "
-                "images (correct ones per class, then the most confident mistakes)"] = overlay
+        figures[f"Where the model looks: each test image beside the class activation map of "
+                f"its predicted class (the most confident correct ones for up to "
+                f"{MAX_CLASSES_SHOWN} classes, then up to {MAX_MISTAKES_SHOWN} most confident "
+                f"mistakes)"] = overlay
     atomic_write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir / "report.html", title=f"Sightwise run: {Path(cfg.out).name}",
                  metrics=test, figures=figures, sections=_sections(metrics),
-                 run_info=_run_info(cfg, metrics, calib))
+                 run_info=_run_info(cfg, metrics, calib),
+                 splits=metrics["data"]["split_counts"])
     log(f"test: accuracy {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.3f}, "
         f"{test['accuracy_ci'][1]:.3f}], macro-F1 {test['macro_f1']:.4f}, "
         f"ECE {test['ece_uncalibrated']:.4f} -> {test['ece']:.4f} ({_describe(calib)}), "
@@ -84,14 +89,36 @@ def _figures(run_dir, test, classes, probs_raw, probs, y_test, x_test) -> dict:
     fig_dir = run_dir / "figures"
     fig_dir.mkdir(exist_ok=True)
     pred = probs.argmax(1)
+    mistakes = plot_mistakes_grid(x_test, y_test, pred, probs.max(1), classes,
+                                  fig_dir / "mistakes.png")
     return {
         "Confusion matrix (test, row-normalised; cells show counts)": plot_confusion_matrix(
             np.array(test["confusion_matrix"]), classes, fig_dir / "confusion_matrix.png"),
         "Reliability diagram (test), before and after temperature scaling":
             plot_reliability_diagram(probs_raw, probs, y_test, fig_dir / "reliability.png"),
-        "Most confident mistakes (test)": plot_mistakes_grid(
-            x_test, y_test, pred, probs.max(1), classes, fig_dir / "mistakes.png"),
+        "Most confident mistakes (test)": mistakes if mistakes is not None else Note(
+            f"no mistakes on the test split (n = {len(y_test)})."),
     }
+
+
+def _training_curves(run_dir: Path, metrics: dict) -> dict:
+    """The fine-tuning curves, or a sentence saying why there are none."""
+    history, chosen = metrics["history"], metrics["strategy"]["chosen"]
+    caption = "Training curves"
+    if not history:
+        return {caption: Note(
+            "a linear probe is one logistic-regression fit on the frozen backbone's features "
+            "(its regularisation chosen on the validation split), not trained epoch by epoch, "
+            "so it has no training curve.")}
+    members = len({h.get("member", 1) for h in history})
+    what = "training from scratch" if chosen == "scratch" else "fine-tuning"
+    caption += (f" ({what}, {members} ensemble members)" if members > 1 else f" ({what})")
+    caption += ": training and validation loss, and validation accuracy, per epoch"
+    if chosen == "linear-probe":  # auto fine-tuned, then kept the probe
+        caption += ("; auto kept the linear probe, whose validation accuracy was at least as "
+                    "high: these curves are the fine-tuning it was compared with")
+    path = run_dir / "figures" / "training_curves.png"
+    return {caption: plot_training_curves(history, path, title=what.capitalize())}
 
 
 def _run_info(cfg, metrics, calib: Calibration) -> dict:
