@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
         uvicorn.run(reference_app(args.bundle), host="127.0.0.1", port=args.port,
                     log_level="warning")
         return 0
+    return throughput(args)
+
+
+def throughput(args) -> int:
+    """Load both servers in alternating rounds; print the table and `ratio=` last."""
     cores = os.cpu_count() or 1
     bodies = [multipart(n, d) for n, d in images(args.bundle)]
     print(f"bundle {args.bundle}, {len(bodies)} images, concurrency {args.concurrency}, "
