@@ -146,6 +146,15 @@ def test_admin_reload_rereads_a_bundle_folder(versions, sample_images, tmp_path,
         assert body["model"]["version"] == after
         assert _top1(body) == pytest.approx(top1[3], abs=1e-5)  # temperature 4 = version 3
 
+        # #26's repro: a failed reload of the folder; the public answer names no path.
+        onnx = folder / "model.onnx"
+        onnx.write_bytes(onnx.read_bytes()[:-10])
+        r = c.post("/v1/admin/reload", headers=AUTH)
+        assert r.status_code == 409 and str(folder) in r.json()["error"]["message"]  # token
+        public = c.get("/v1/model")
+        assert public.json()["version"] == after and public.json()["last_swap_error"]
+        assert str(tmp_path) not in public.text and "model.onnx" not in public.text
+
 
 def test_requests_during_swaps_all_succeed_in_process(versions, sample_images, top1):
     """Swapping back and forth under concurrent requests (a swap after every 15 answers):
