@@ -3,6 +3,7 @@ with >= 3x the throughput of a plain FastAPI endpoint running eager PyTorch per 
 a lower p99 latency.
 
     python bench/serve.py BUNDLE [--seconds 20] [--concurrency 16]
+    python bench/serve.py --decode-16bit [--megapixels 40]
 
 Starts both servers on loopback in subprocesses: (a) ours through `serve_main` with its
 default settings, (b) the reference written below: FastAPI + UploadFile, one eager PyTorch
@@ -12,6 +13,11 @@ images (the bundle's own test split) are posted as multipart at the same concurr
 each, in alternating rounds so a burst of load on a shared machine falls on both alike.
 Prints requests/s and p50/p99 latency for both, the core count, and `ratio=<ours /
 reference throughput>` last.
+
+`--decode-16bit` measures the other claim of this file (#26 finding 10): converting a
+16-bit PNG at the server's pixel limit to 8 bits, `sightwise.data.decode.to_rgb` against
+the float64 formula it replaced (the reference, below), same process, same image: time,
+numpy's peak allocation (tracemalloc), equal pixels, and `ratio=<reference / ours time>`.
 """
 
 from __future__ import annotations
@@ -75,7 +81,7 @@ def start(kind: str, bundle: str, serve_kwargs: dict) -> tuple[subprocess.Popen,
     port = free_port()
     if kind == "ours":
         kwargs = {"bundle": bundle, "port": port, "log_level": "warning", **serve_kwargs}
-        code = f"from sightwise.serve.app import serve_main; serve_main(**{kwargs!r})"
+        code = f"from sightwise.serve.runner import serve_main; serve_main(**{kwargs!r})"
         cmd = [sys.executable, "-c", code]
     else:
         cmd = [sys.executable, __file__, "--reference-server", bundle, "--port", str(port)]
@@ -140,9 +146,60 @@ def images(bundle_path: str, n: int = 32) -> list[tuple[str, bytes]]:
     return [(Path(s.source).name, Path(s.source).read_bytes()) for s in samples[:n]]
 
 
+def old_to_rgb_16bit(img):
+    """The reference: the 16-bit conversion as it was before #26 (float64 of the image)."""
+    from PIL import Image
+
+    arr = np.asarray(img)
+    u8 = np.clip(arr.astype(np.float64) / 65535.0 * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(u8, "L").convert("RGB")
+
+
+def decode_16bit(megapixels: float) -> int:
+    import io
+    import tracemalloc
+
+    from PIL import Image
+
+    from sightwise.data.decode import to_rgb
+
+    h = int((megapixels * 1e6 / 1.6) ** 0.5)
+    w = int(megapixels * 1e6 / h)
+    ramp = (np.add.outer(np.arange(h, dtype=np.uint32) * 7, np.arange(w, dtype=np.uint32))
+            % 65536).astype(np.uint16)
+    buf = io.BytesIO()
+    Image.fromarray(ramp).save(buf, "PNG")
+    del ramp
+    img = Image.open(io.BytesIO(buf.getvalue()))
+    img.load()
+    print(f"{w}x{h} 16-bit PNG ({w * h / 1e6:.1f} MP, {len(buf.getvalue()):,} bytes), "
+          f"{os.cpu_count()} cores", flush=True)
+    rows, outs = {}, {}
+    for _ in range(3):  # alternating rounds, best time of each
+        for name, fn in (("ours", to_rgb), ("reference", old_to_rgb_16bit)):
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            outs[name] = fn(img)
+            dt = time.perf_counter() - t0
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            best = rows.get(name, (float("inf"), 0))
+            rows[name] = (min(best[0], dt), max(best[1], peak))
+    same = np.array_equal(np.asarray(outs["ours"]), np.asarray(outs["reference"]))
+    for name, (dt, peak) in rows.items():
+        print(f"{name:10s} {dt:6.2f} s   numpy peak {peak / 2**20:7.0f} MiB", flush=True)
+    print(f"same pixels: {same}")
+    print(f"cores={os.cpu_count()}")
+    print(f"ratio={rows['reference'][0] / rows['ours'][0]:.2f}")
+    return 0 if same else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("bundle")
+    ap.add_argument("bundle", nargs="?")
+    ap.add_argument("--decode-16bit", action="store_true",
+                    help="time the 16-bit conversion at the pixel limit instead")
+    ap.add_argument("--megapixels", type=float, default=40.0)
     ap.add_argument("--seconds", type=float, default=20.0, help="load time per server")
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--serve-kwargs", default="{}",
@@ -151,12 +208,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference-server", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.decode_16bit:
+        return decode_16bit(args.megapixels)
+    if args.bundle is None:
+        ap.error("give a BUNDLE (or --decode-16bit)")
     if args.reference_server:
         import uvicorn
 
         uvicorn.run(reference_app(args.bundle), host="127.0.0.1", port=args.port,
                     log_level="warning")
         return 0
+    return throughput(args)
+
+
+def throughput(args) -> int:
+    """Load both servers in alternating rounds; print the table and `ratio=` last."""
     cores = os.cpu_count() or 1
     bodies = [multipart(n, d) for n, d in images(args.bundle)]
     print(f"bundle {args.bundle}, {len(bodies)} images, concurrency {args.concurrency}, "

@@ -153,7 +153,7 @@ def test_inspect_route(detector_dir, inspection_data):
     r = client.post("/v1/inspect?format=png", content=defect)
     assert r.headers["content-type"] == "image/png" and r.headers["x-verdict"] == "defect"
     assert float(r.headers["x-threshold"]) == pytest.approx(Detector(detector_dir).threshold, rel=1e-5)
-    assert client.post("/v1/inspect", content=b"junk").status_code == 400
+    assert client.post("/v1/inspect", content=b"junk").status_code == 415  # as /v1/predict
 
 
 def test_content_grid_marks_the_patches_on_the_image():

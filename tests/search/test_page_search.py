@@ -23,10 +23,10 @@ def server_url(search_bundle, texture_index):
     import uvicorn
 
     from sightwise.serve.app import create_app
-    from sightwise.serve.search_routes import add_search_routes
+    from sightwise.serve.settings import ServeSettings
 
-    app = create_app(search_bundle, threads=1, workers=1)
-    add_search_routes(app, texture_index, threads=1)
+    app = create_app(ServeSettings(bundle=str(search_bundle), index=str(texture_index),
+                                   threads=1, workers=1))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

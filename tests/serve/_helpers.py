@@ -1,6 +1,7 @@
 """Helpers for tests/serve (conftest.py loads this file by path and registers it as the
 module `sw_serve_helpers`, because with --import-mode=importlib tests cannot import
-conftest): uploads, bundle versions, a real server in a subprocess, a fake registry.
+conftest): uploads, bundle versions, apps and clients, a real server in a subprocess, a
+fake registry.
 
 The subprocess server is started through `serve_main`, the function `sightwise serve`
 calls. `--model` tests put a file-backed stand-in for `sightwise.registry.resolve` into
@@ -21,11 +22,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from sightwise.bundle import load_bundle, write_bundle_meta
+from sightwise.serve.app import create_app
+from sightwise.serve.settings import ServeSettings
 
 TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# The Host a browser sends to a loopback server (TestClient's default "testserver" is
+# not an allowed Host).
+LOCAL = "http://127.0.0.1:8000"
+
+
+def app_for(bundle=None, **settings):
+    """create_app for `bundle` with ServeSettings(**settings); `token`, `watch` and
+    `observers` go to create_app."""
+    extra = {k: settings.pop(k) for k in ("token", "watch", "observers") if k in settings}
+    return create_app(ServeSettings(bundle=str(bundle) if bundle else None, **settings), **extra)
+
+
+def client_for(app) -> TestClient:
+    """A TestClient that talks to `app` as a browser on this machine would."""
+    return TestClient(app, base_url=LOCAL)
 
 
 def bundle_version(src: Path, dst: Path, temperature: float) -> Path:
@@ -70,7 +90,7 @@ if reg:
     mod = types.ModuleType("sightwise.registry.resolve")
     mod.current_version, mod.resolve_bundle = current_version, resolve_bundle
     sys.modules["sightwise.registry.resolve"] = mod
-from sightwise.serve.app import serve_main
+from sightwise.serve.runner import serve_main
 serve_main(**cfg)
 """
 
@@ -81,8 +101,15 @@ class LiveServer:
     url: str
     log: Path
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def get(self, path: str, **kw) -> httpx.Response:
         return httpx.get(self.url + path, timeout=30, **kw)
+
+    def post(self, path: str, **kw) -> httpx.Response:
+        return httpx.post(self.url + path, timeout=30, **kw)
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -94,8 +121,11 @@ class LiveServer:
                 self.proc.wait()
         return self.proc.returncode
 
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
     def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:]
+        return self.log_text()[-3000:]
 
 
 def start_server(log_dir: Path, *, registry_file: Path | None = None, env: dict | None = None,

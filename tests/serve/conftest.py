@@ -1,6 +1,7 @@
 """Serve fixtures: one exported bundle per session (tests/export/_fixtures.py), versions of
-it that compute visibly different probabilities, PNG uploads, and real servers started in
-subprocesses (helpers in _helpers.py, importable as `sw_serve_helpers`).
+it that compute visibly different probabilities, PNG uploads, a search index and a defect
+detector for the optional surfaces, and real servers started in subprocesses (helpers in
+_helpers.py, importable as `sw_serve_helpers`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,26 @@ def sample_images(sw_base, served_bundle) -> list[tuple[str, bytes]]:
         path = sorted(folder.glob("*.png"))[0]
         out.append((path.name, path.read_bytes()))
     return out
+
+
+@pytest.fixture(scope="session")
+def serve_index(sw_base, served_bundle, tmp_path_factory) -> Path:
+    """A flat search index of the fixture's images, embedded with the served bundle."""
+    from sightwise.search.api import build_index
+
+    out = tmp_path_factory.mktemp("serve-index") / "index"
+    build_index(sw_base / "data", served_bundle, out, progress=False, log=lambda _m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def serve_detector(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
+    """(a small defect detector, its generated data): fitted in seconds on one thread."""
+    from sw_anomaly_data import fit_small_detector, write_inspection_data
+
+    root = tmp_path_factory.mktemp("serve-detector")
+    data = write_inspection_data(root / "data", n_good=16, n_test_good=1, n_defect=1)
+    return fit_small_detector(data, root / "detector"), data
 
 
 @pytest.fixture

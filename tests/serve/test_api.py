@@ -12,27 +12,26 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
-from sw_serve_helpers import files
+from sw_serve_helpers import app_for, client_for, files
 
 from sightwise.data.decode import decode_image
 from sightwise.errors import BundleError
-from sightwise.heatmap import overlay_cam
+from sightwise.heatmap import translucent_overlay, with_legend
 from sightwise.runtime import Predictor
-from sightwise.serve.app import create_app
+from sightwise.serve.pipeline import thumbnail
 from sightwise.serve.swap import local_version
 
 
 @pytest.fixture(scope="module")
 def app(served_bundle):
-    return create_app(served_bundle, name="parts", version=7, max_batch=8, batch_window_ms=5)
+    return app_for(served_bundle, name="parts", version=7, max_batch=8, batch_window_ms=5)
 
 
 @pytest.fixture(scope="module")
 def client(app):
-    with TestClient(app) as c:
+    with client_for(app) as c:
         yield c
 
 
@@ -91,7 +90,10 @@ def test_explain_json_matches_the_runtime_cam(client, reference, sample_images):
                                atol=1e-3)
 
 
-def test_explain_png_is_the_runtime_overlay(client, reference, sample_images):
+def test_explain_png_is_the_runtime_cam_drawn_translucent_with_a_legend(client, reference,
+                                                                       sample_images):
+    """The PNG is the runtime's CAM over the image (cold regions untouched, hot ones
+    tinted) above a legend strip whose colours run blue -> red, left to right."""
     name, data = sample_images[2]
     r = client.post("/v1/explain", files=files((name, data)))
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
@@ -100,8 +102,19 @@ def test_explain_png_is_the_runtime_overlay(client, reference, sample_images):
     assert r.headers["x-sightwise-label"] == reference.classes[c]
     assert r.headers["x-sightwise-version"] == "7"
     got = np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB"), np.int16)
-    want = np.asarray(overlay_cam(img, cam), np.int16)
+    caption = (f"Where the model looked for {reference.classes[c]}" if cam.any()
+               else f"No region of the image speaks for {reference.classes[c]}")
+    want = np.asarray(with_legend(translucent_overlay(img, cam), caption, "less", "more"),
+                      np.int16)
     assert got.shape == want.shape and np.abs(got - want).max() <= 2
+    # The figure part, at the coldest point of the map, is the image itself.
+    big = img.resize((got.shape[1], round(img.height * got.shape[1] / img.width)))
+    legend_rows = got.shape[0] - big.height
+    assert legend_rows > 10
+    strip = got[big.height:]
+    bar_row = strip[-legend_rows // 3]  # a row through the colour bar
+    coloured = [px for px in bar_row if not (px == 255).all() and px.std() > 20]
+    assert coloured[0][2] > coloured[0][0] and coloured[-1][0] > coloured[-1][2]  # blue..red
 
 
 def test_explain_refuses_an_unknown_class_and_two_images(client, sample_images):
@@ -115,14 +128,13 @@ def test_explain_refuses_an_unknown_class_and_two_images(client, sample_images):
 
 def test_model_info_health_and_readiness(client, served_bundle, reference):
     info = client.get("/v1/model").json()
-    assert info["name"] == "parts" and info["version"] == 7
+    assert info["name"] == "parts" and info["version"] == 7 and info["label"] == "parts v7"
     assert info["classes"] == reference.classes
     assert info["metrics"] == reference.bundle.meta.raw["metrics"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info["loaded_at"])
     assert info["last_swap_error"] is None
-    health = client.get("/healthz").json()
-    assert health["status"] == "ok" and isinstance(health["pid"], int)
-    assert client.get("/readyz").status_code == 200
+    assert client.get("/healthz").json() == {"status": "ok"}  # no process id (#26)
+    assert client.get("/readyz").json() == {"status": "ready"}
 
 
 def test_metrics_are_prometheus_text_on_a_per_app_registry(client, served_bundle):
@@ -133,22 +145,40 @@ def test_metrics_are_prometheus_text_on_a_per_app_registry(client, served_bundle
     assert "sightwise_queue_depth" in samples
     assert any(k.startswith("sightwise_http_request_duration_seconds_bucket") for k in samples)
     # A second app in the same process has its own counters (no global registry clash).
-    with TestClient(create_app(served_bundle, name="other")) as c2:
+    with client_for(app_for(served_bundle, name="other")) as c2:
         assert _samples(c2).get(
             'sightwise_http_requests_total{method="POST",route="/v1/predict",status="415"}') is None
 
 
-def test_default_version_names_the_bundle_contents(served_bundle):
-    app = create_app(served_bundle)
-    with TestClient(app) as c:
+def test_default_version_names_the_bundle_contents_and_the_label_reads_well(served_bundle):
+    with client_for(app_for(served_bundle)) as c:
         model = c.get("/v1/model").json()
     assert model["version"] == local_version(served_bundle)
     assert model["name"] == served_bundle.name
+    meta = Predictor(served_bundle).bundle.meta
+    created = meta["created"][:16].replace("T", " ")
+    assert model["label"] == f"{served_bundle.name} ({meta['model']['name']}, exported {created} UTC)"
+    assert "local-" not in model["label"]
+
+
+def test_a_run_folder_serves_its_bundle(served_bundle, tmp_path):
+    """`serve --bundle RUN_DIR` works as `predict RUN_DIR` does (#25)."""
+    import shutil
+
+    run = tmp_path / "my-run"
+    shutil.copytree(served_bundle, run / "bundle")
+    with client_for(app_for(run)) as c:
+        model = c.get("/v1/model").json()
+    assert model["name"] == "my-run" and model["version"] == local_version(served_bundle)
+    with pytest.raises(BundleError, match="not a bundle .* nor a run folder"):
+        app_for(tmp_path)
+    with pytest.raises(BundleError, match="no such folder"):
+        app_for(tmp_path / "missing")
 
 
 def test_a_bad_bundle_fails_at_creation(versions):
     with pytest.raises(BundleError, match="sha256"):
-        create_app(versions[99])
+        app_for(versions[99])
 
 
 def test_page_docs_and_openapi_are_self_hosted(client):
@@ -162,10 +192,10 @@ def test_page_docs_and_openapi_are_self_hosted(client):
     for text in (page.text, docs.text, client.get("/static/app.js").text):
         assert not re.search(r"(src|href)=\"(https?:)?//", text), "external resource"
     spec = client.get("/openapi.json").json()
-    assert {"/v1/predict", "/v1/explain", "/v1/model", "/v1/admin/reload", "/healthz",
-            "/readyz", "/metrics"} <= set(spec["paths"])
+    assert {"/v1/predict", "/v1/explain", "/v1/model", "/v1/admin/reload", "/v1/admin/status",
+            "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
     body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
-    assert "multipart/form-data" in body
+    assert {"multipart/form-data", "application/octet-stream"} <= set(body)
 
 
 def _samples(client, prefix: str = "") -> dict[str, float]:
@@ -185,7 +215,9 @@ def test_a_large_image_gets_an_overlay_of_bounded_size(client, reference):
     big.save(buf, "JPEG")
     r = client.post("/v1/explain", files=files(("big.jpg", buf.getvalue())))
     assert r.status_code == 200
-    assert Image.open(io.BytesIO(r.content)).size == (1024, 768)
+    width, height = Image.open(io.BytesIO(r.content)).size
+    assert thumbnail(big).size == (1024, 768)
+    assert width == 1024 and 768 < height < 768 + 100  # the image, then its legend strip
     pred = client.post("/v1/predict?top_k=1", files=files(("big.jpg", buf.getvalue()))).json()
     want = reference.predict_images([decode_image(buf.getvalue())], top_k=1)[0]
     assert pred["results"][0]["predictions"][0]["label"] == want.label

@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
-from sw_serve_helpers import TOKEN, encode, files
+from sw_serve_helpers import TOKEN, app_for, client_for, encode, files
 
+from sightwise.core import ModelRefError, parse_model_ref
 from sightwise.errors import SightwiseError
-from sightwise.serve.app import create_app, serve_main
 from sightwise.serve.auth import load_token, token_matches
-from sightwise.serve.limits import MIB, Limits, decode_upload, parse_model_ref
+from sightwise.serve.runner import serve_main
 from sightwise.serve.schemas import ApiError
+from sightwise.serve.settings import MIB, ServeSettings
+from sightwise.serve.uploads import decode_upload
 
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
 @pytest.fixture(scope="module")
 def client(served_bundle):
-    limits = Limits(max_body_bytes=MIB, max_images=4, max_parts=8, max_pixels=512 * 512)
-    with TestClient(create_app(served_bundle, token=TOKEN, limits=limits)) as c:
+    app = app_for(served_bundle, token=TOKEN, max_body_mb=1, max_images=4,
+                  max_pixels=512 * 512)
+    assert app.state.sw.settings.max_parts == 32
+    with client_for(app) as c:
         yield c
 
 
@@ -41,7 +42,8 @@ def _error(r, status: int, code: str | None = None) -> None:
     "a" * 200 + "@prod", "name@prod\n", "name%2F..@prod",
 ])
 def test_bad_model_references_are_refused(ref):
-    with pytest.raises(ValueError, match="invalid model reference"):
+    # The one grammar of sightwise.core, shared with the registry (#26 finding 8).
+    with pytest.raises(ModelRefError, match="invalid (model reference|model name|version|alias)"):
         parse_model_ref(ref)
 
 
@@ -54,9 +56,12 @@ def test_good_model_references_parse(ref, want):
     assert parse_model_ref(ref) == want
 
 
-def test_serve_main_refuses_a_bad_reference_before_touching_the_registry():
-    with pytest.raises(ValueError, match="invalid model reference"):
-        serve_main(model="../../etc/passwd@production")
+def test_serve_main_refuses_a_bad_reference_before_touching_the_registry(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sightwise.registry.resolve", None)  # import would fail
+    with pytest.raises(ModelRefError, match="invalid model reference"):
+        serve_main(model="../../etc/passwd@production", port=1)
     with pytest.raises(ValueError, match="exactly one"):
         serve_main()
 
@@ -66,7 +71,7 @@ def test_require_token_needs_a_token(served_bundle, monkeypatch):
     with pytest.raises(SightwiseError, match="needs a token"):
         serve_main(bundle=str(served_bundle), require_token=True)
     with pytest.raises(ValueError, match="needs a token"):
-        create_app(served_bundle, require_token=True)
+        app_for(served_bundle, require_token=True)
 
 
 def test_token_loading(tmp_path, monkeypatch):
@@ -108,14 +113,14 @@ def test_admin_routes_need_the_token_for_every_method(client, method, path):
 
 
 def test_admin_is_disabled_without_a_configured_token(served_bundle):
-    with TestClient(create_app(served_bundle)) as c:
+    with client_for(app_for(served_bundle)) as c:
         r = c.post("/v1/admin/reload", headers={"Authorization": "Bearer anything"})
         _error(r, 401, "unauthorized")
         assert "SIGHTWISE_TOKEN" in r.json()["error"]["message"]
 
 
 def test_require_token_protects_prediction_but_not_the_probes(served_bundle, sample_images):
-    with TestClient(create_app(served_bundle, token=TOKEN, require_token=True)) as c:
+    with client_for(app_for(served_bundle, token=TOKEN, require_token=True)) as c:
         _error(c.post("/v1/predict", files=files(sample_images[0])), 401, "unauthorized")
         _error(c.get("/v1/model"), 401)
         ok = c.post("/v1/predict", files=files(sample_images[0]),
@@ -143,7 +148,7 @@ def test_oversized_bodies_get_413_declared_or_streamed(client, sample_images):
 def test_too_many_parts_or_images_are_refused(client, sample_images):
     _error(client.post("/v1/predict", files=files(*[sample_images[0]] * 5)), 413,
            "too_many_images")
-    parts = [("other", (None, "x"))] * 9
+    parts = [("other", (None, "x"))] * 33
     _error(client.post("/v1/predict", files=parts), 413, "too_many_parts")
 
 
@@ -160,7 +165,9 @@ def test_ten_thousand_parts_are_refused_fast(client):
 @pytest.mark.parametrize("headers,body,status,code", [
     ({"content-type": "application/json"}, b"{}", 415, "unsupported_media_type"),
     ({"content-type": "image/png"}, b"\x89PNG", 415, "unsupported_media_type"),
-    ({}, b"", 415, "unsupported_media_type"),
+    ({"content-type": "text/plain"}, b"x", 415, "unsupported_media_type"),
+    ({}, b"", 400, "no_image"),
+    ({}, b"not an image", 415, "unsupported_media_type"),
     ({"content-type": "multipart/form-data"}, b"x", 400, "bad_multipart"),
     ({"content-type": "multipart/form-data; boundary=b"}, b"", 400, "bad_multipart"),
     ({"content-type": "multipart/form-data; boundary=b"}, b"--b--\r\n", 400, None),
@@ -203,13 +210,25 @@ def test_decode_upload_turns_every_failure_into_an_api_error():
         assert 400 <= info.value.status < 500
 
 
-def test_limits_are_validated():
+@pytest.mark.parametrize("bad", [{"max_images": 0}, {"request_timeout_s": 0},
+                                 {"header_timeout_s": -1}, {"max_connections_per_client": 0},
+                                 {"max_pixels": 100, "max_pixels_in_flight": 99},
+                                 {"batch_window_ms": -1}, {"workers": 0}])
+def test_settings_are_validated(bad):
     with pytest.raises(ValueError):
-        Limits(max_images=0)
-    with pytest.raises(ValueError):
-        Limits(max_images=8, max_parts=4)
-    with pytest.raises(ValueError):
-        Limits(request_timeout_s=0)
+        ServeSettings(**bad)
+
+
+def test_settings_defaults_and_derived_values():
+    from sightwise.data.decode import DEFAULT_MAX_PIXELS
+
+    s = ServeSettings()
+    assert s.max_pixels == DEFAULT_MAX_PIXELS  # repeated in settings.py to stay light
+    assert s.header_timeout_s <= 30  # the contract of #26
+    assert s.max_body_bytes == 16 * MIB and s.pixels_in_flight == 2 * s.max_pixels
+    assert ServeSettings(max_images=40).max_parts == 80
+    assert ServeSettings(allowed_hosts="a.example, b.example").allowed_hosts == (
+        "a.example", "b.example")
 
 
 def test_logs_carry_no_image_bytes_or_exif(client, caplog):
@@ -235,12 +254,11 @@ def test_logs_carry_no_image_bytes_or_exif(client, caplog):
 
 def test_an_answer_later_than_the_timeout_is_a_503_and_its_work_is_dropped(served_bundle,
                                                                            sample_images):
-    app = create_app(served_bundle, batch_window_ms=3000, max_batch=64,
-                     limits=Limits(request_timeout_s=0.5))
-    with TestClient(app) as c:
-        t0 = time.monotonic()
+    # The batch window (60 s) is far longer than the deadline (0.5 s): the answer can only
+    # be the deadline's.
+    app = app_for(served_bundle, batch_window_ms=60_000, max_batch=64, request_timeout_s=0.5)
+    with client_for(app) as c:
         r = c.post("/v1/predict", files=files(sample_images[0]))
-        assert 0.4 < time.monotonic() - t0 < 2.5
         _error(r, 503, "busy")
         assert r.headers["retry-after"] == "1"
     # Shutdown woke the worker: the timed-out item was skipped, never run.

@@ -1,6 +1,8 @@
 """The web page in headless Chromium (Playwright, Debian's /usr/bin/chromium): pick a file
 with the keyboard-reachable <input type=file>, see the class the API predicts for the same
-image, the overlay and the model version. A screenshot is kept under test-artifacts/."""
+image, the image beside its heat map (with the legend), the model's readable label with
+its exact version at hand, and long class names wrapped, never cut or overflowing.
+Screenshots are kept under test-artifacts/."""
 
 from __future__ import annotations
 
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sw_serve_helpers import files
+from sw_serve_helpers import bundle_version, files
+
+from sightwise.bundle import load_bundle, write_bundle_meta
 
 CHROMIUM = os.environ.get("SIGHTWISE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parents[2] / "test-artifacts"
@@ -29,14 +33,15 @@ def browser():
         b.close()
 
 
-def test_upload_shows_the_prediction_overlay_and_version(browser, live_server, served_bundle,
-                                                         sample_images, tmp_path):
+def test_upload_shows_the_prediction_the_image_beside_its_heat_map_and_the_model(
+        browser, live_server, served_bundle, sample_images, tmp_path):
     server = live_server(bundle=str(served_bundle))
     name, data = sample_images[3]
     expected = httpx.post(server.url + "/v1/predict", files=files((name, data)),
                           timeout=30).json()
     label = expected["results"][0]["predictions"][0]["label"]
     version = str(expected["model"]["version"])
+    model = server.get("/v1/model").json()
     image = tmp_path / name
     image.write_bytes(data)
 
@@ -47,7 +52,10 @@ def test_upload_shows_the_prediction_overlay_and_version(browser, live_server, s
     page.on("request", lambda r: external.append(r.url)
             if not r.url.startswith((server.url, "blob:", "data:")) else None)
     page.goto(server.url + "/")
-    sync_api.expect(page.locator("#model-status")).to_contain_text(version)
+    # The readable label up front; the exact version beside it, small.
+    sync_api.expect(page.locator("#model-label")).to_have_text(f"Model: {model['label']}")
+    assert version not in page.inner_text("#model-label")
+    sync_api.expect(page.locator("#model-version")).to_have_text(f"version {version}")
 
     # Keyboard: the file input is reachable with Tab and has an accessible label.
     file_input = page.get_by_label("Choose an image")
@@ -64,11 +72,23 @@ def test_upload_shows_the_prediction_overlay_and_version(browser, live_server, s
     items = page.locator("#predictions li")
     assert items.count() == len(expected["results"][0]["predictions"])
     assert items.first.locator(".label").inner_text() == label
-    sync_api.expect(page.locator("#answered-by")).to_contain_text(f"version {version}")
-    overlay = page.locator("#overlay")
+    answered = page.locator("#answered-by")
+    sync_api.expect(answered).to_contain_text(f"Answered by {model['label']}")
+    assert answered.get_attribute("data-version") == version
+    assert version in answered.get_attribute("title")
+
+    # The image and its heat map side by side, equally wide, tops aligned.
+    overlay, original = page.locator("#overlay"), page.locator("#original")
     sync_api.expect(overlay).to_be_visible(timeout=15_000)
+    sync_api.expect(original).to_be_visible()
     page.wait_for_function("document.getElementById('overlay').naturalWidth > 0")
+    page.wait_for_function("document.getElementById('original').naturalWidth > 0")
+    a, b = original.bounding_box(), overlay.bounding_box()
+    assert a["x"] + a["width"] <= b["x"] and a["y"] == pytest.approx(b["y"], abs=1)
+    assert a["width"] == pytest.approx(b["width"], abs=1)
+    assert b["height"] > a["height"]  # the heat map carries its colour legend below
     assert label in overlay.get_attribute("alt")
+    assert "less" in page.inner_text("#overlay-caption")
 
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "serve-page.png"
@@ -76,6 +96,38 @@ def test_upload_shows_the_prediction_overlay_and_version(browser, live_server, s
     assert shot.stat().st_size > 10_000
     assert not errors, errors
     assert not external, f"the page fetched external resources: {external}"
+    page.close()
+
+
+def test_long_class_names_wrap_inside_the_page(browser, live_server, served_bundle,
+                                               sample_images, tmp_path):
+    """Class names of 80+ characters without spaces, on a phone-sized screen: every name is
+    shown in full (wrapped), and nothing makes the page scroll sideways."""
+    long_names = tmp_path / "long-names"
+    bundle_version(served_bundle, long_names, 1.0)
+    meta = dict(load_bundle(long_names).meta)
+    meta["classes"] = [f"{c}_observed_under_the_{c}_inspection_protocol_of_the_plant_number_{i}"
+                       for i, c in enumerate(meta["classes"])]
+    meta.pop("files")
+    write_bundle_meta(long_names, meta)
+    server = live_server(bundle=str(long_names))
+    name, data = sample_images[1]
+    (tmp_path / name).write_bytes(data)
+    page = browser.new_page(viewport={"width": 400, "height": 900})
+    page.goto(server.url + "/")
+    page.get_by_label("Choose an image").set_input_files(str(tmp_path / name))
+    labels = page.locator("#predictions li .label")
+    sync_api.expect(labels.first).to_be_visible(timeout=15_000)
+    sync_api.expect(page.locator("#overlay")).to_be_visible(timeout=15_000)
+    for i in range(labels.count()):
+        text = labels.nth(i).inner_text().replace("\n", "")
+        assert text in meta["classes"], text  # whole, not cut
+        assert labels.nth(i).evaluate("e => e.scrollWidth <= e.clientWidth")
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    page.locator("#class-summary").click()
+    assert page.locator("#class-list li").count() == len(meta["classes"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "serve-page-long-names.png"), full_page=True)
     page.close()
 
 
@@ -92,13 +144,10 @@ def test_a_bad_upload_is_announced(browser, live_server, served_bundle, tmp_path
 
 
 def test_a_served_detector_shows_verdict_and_heat_map(browser, live_server, served_bundle,
-                                                      tmp_path):
+                                                      serve_detector):
     """With --detector the page adds the inspection: the verdict /v1/inspect gives for the
-    same image, and its overlay at the image's own size."""
-    from sw_anomaly_data import fit_small_detector, write_inspection_data
-
-    data = write_inspection_data(tmp_path / "data", n_good=16, n_test_good=1, n_defect=1)
-    detector = fit_small_detector(data, tmp_path / "detector")
+    same image, and its heat map with the colour legend below it."""
+    detector, data = serve_detector
     server = live_server(bundle=str(served_bundle), detector=str(detector))
     defect = next((data["defect"] / "blob").iterdir())
     expected = httpx.post(server.url + "/v1/inspect", content=defect.read_bytes(), timeout=30).json()
@@ -115,9 +164,11 @@ def test_a_served_detector_shows_verdict_and_heat_map(browser, live_server, serv
     assert float(shown[1]) == pytest.approx(expected["score"], rel=1e-3)
     assert float(shown[2]) == pytest.approx(expected["threshold"], rel=1e-3)
     page.wait_for_function("document.getElementById('inspect-overlay').naturalWidth > 0")
-    size = page.evaluate("[document.getElementById('inspect-overlay').naturalWidth,"
-                         " document.getElementById('inspect-overlay').naturalHeight]")
-    assert size == [expected["width"], expected["height"]]
+    width, height = page.evaluate("[document.getElementById('inspect-overlay').naturalWidth,"
+                                  " document.getElementById('inspect-overlay').naturalHeight]")
+    # The image enlarged to the figure width (320 px for this small one), legend below.
+    assert width == max(320, expected["width"])
+    assert height > width * expected["height"] / expected["width"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-page-detector.png"), full_page=True)
     assert not errors, errors

@@ -14,6 +14,7 @@ Why each check exists:
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import stat
@@ -134,13 +135,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img)
+        # A strip of rows at a time: a 40 MP image never exists as one float64 array.
         if mode == "F":
-            arr = arr * 255.0 if arr.max(initial=0) <= 1.0 else arr  # float images: [0,1]
+            peak = np.max([s.max(initial=0) for s in _strips(img)] or [0.0])
+            unit = bool(peak <= 1.0)  # float images: [0,1] (NaN anywhere: not [0,1])
             top = 255.0
         else:
-            top = 65535.0  # 16-bit (and 32-bit integer) images: the 16-bit range
-        return Image.fromarray(_scale_to_u8(arr, top), "L").convert("RGB")
+            unit, top = False, 65535.0  # 16-bit (and 32-bit integer) images: the 16-bit range
+        out = np.empty((img.height, img.width), np.uint8)
+        row = 0
+        for strip in _strips(img):
+            out[row:row + len(strip)] = _scale_to_u8(strip * 255.0 if unit else strip, top)
+            row += len(strip)
+        return Image.fromarray(out, "L").convert("RGB")
     if mode == "P":
         img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
         mode = img.mode
@@ -167,8 +174,46 @@ def array_to_image(arr: np.ndarray) -> Image.Image:
     return to_rgb(Image.fromarray(arr))
 
 
+STRIP_PIXELS = 1 << 20  # pixels converted at once: bounds the temporaries
+
+
+def _strips(img: Image.Image):
+    """The image's pixels as numpy arrays of a few rows each, top to bottom."""
+    rows = max(1, STRIP_PIXELS // max(1, img.width))
+    for top in range(0, img.height, rows):
+        yield np.asarray(img.crop((0, top, img.width, min(img.height, top + rows))))
+
+
 def _scale_to_u8(arr: np.ndarray, top: float) -> np.ndarray:
+    """uint8 of clip(arr / top * 255 + 0.5, 0, 255), computed in float64.
+
+    Integer input goes through a table of that same formula over every value 0..top
+    (exactly equal, with no float temporaries: a 16-bit image at the pixel limit used to
+    take seconds and over half a gigabyte here); float input is converted in strips.
+    """
+    arr = np.asarray(arr)
+    out = np.empty(arr.shape, np.uint8)
+    flat_in, flat_out = arr.reshape(-1), out.reshape(-1)
+    table = _u8_table(int(top)) if arr.dtype.kind in "ui" and float(top).is_integer() \
+        and 1 <= top <= 65535 else None
+    for i in range(0, flat_in.size, STRIP_PIXELS):
+        part = flat_in[i:i + STRIP_PIXELS]
+        if table is not None:  # values outside 0..top saturate, as the formula's clip does
+            inside = part.dtype == np.uint16 and top == 65535
+            flat_out[i:i + STRIP_PIXELS] = table[part if inside else
+                                                 np.clip(part.astype(np.int64), 0, int(top))]
+        else:
+            flat_out[i:i + STRIP_PIXELS] = _scale_formula(part, top)
+    return out
+
+
+def _scale_formula(arr: np.ndarray, top: float) -> np.ndarray:
     return np.clip(arr.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=4)
+def _u8_table(top: int) -> np.ndarray:
+    return _scale_formula(np.arange(top + 1, dtype=np.int64), float(top))
 
 
 def is_image_path(path: Path) -> bool:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from sightwise.errors import SightwiseError
 from sightwise.serve.schemas import ApiError
+from sightwise.serve.settings import TOKEN_ENV
 
-TOKEN_ENV = "SIGHTWISE_TOKEN"
 ADMIN_PREFIX = "/v1/admin"
 # With --require-token: everything under /v1 (predict, explain, model). The page, the
 # probes, the docs and /metrics stay open so a load balancer can check the process.

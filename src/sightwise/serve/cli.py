@@ -1,4 +1,9 @@
-"""`sightwise serve`, added to the main app by `register(app)` (typer only at import)."""
+"""`sightwise serve`, added to the main app by `register(app)`.
+
+Each option is a field of `ServeSettings` (settings.py, standard library only, so its
+defaults are read here without importing the server); the command builds the settings and
+hands them to `serve_main`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from typing import Annotated
 import typer
 
 from sightwise.cli_errors import user_errors
+from sightwise.serve.settings import ServeSettings, parse_hosts
+
+D = ServeSettings()  # the defaults, spelled once in settings.py
 
 
 def register(app: typer.Typer) -> None:
@@ -15,37 +23,59 @@ def register(app: typer.Typer) -> None:
     @app.command()
     @user_errors
     def serve(
-        bundle: Annotated[str | None, typer.Option("--bundle", help="Bundle folder to serve.")] = None,
+        bundle: Annotated[str | None, typer.Option("--bundle", help="Bundle folder to serve (or a "
+                          "run folder holding bundle/).")] = None,
         model: Annotated[str | None, typer.Option("--model", help="Registry model: NAME@ALIAS "
                          "(watched, hot-swapped) or NAME/VERSION (pinned).")] = None,
-        host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+        host: Annotated[str, typer.Option(help="Address to bind (loopback by default).")] = D.host,
+        port: Annotated[int, typer.Option(help="TCP port.")] = D.port,
+        allowed_hosts: Annotated[str | None, typer.Option(
+            "--allowed-hosts", help="Comma-separated Host names the server answers besides "
+            "loopback and --host (e.g. models.example.com, *.corp.example); '*' allows any. "
+            "Other Host headers get 400 (DNS-rebinding defence).")] = None,
+        forwarded_allow_ips: Annotated[str | None, typer.Option(
+            "--forwarded-allow-ips", help="Proxy addresses whose X-Forwarded-For/-Proto are "
+            "trusted (comma-separated, or '*'); none by default.")] = None,
+        header_timeout: Annotated[float, typer.Option(help="Seconds a connection has to send "
+                                  "complete request headers.")] = D.header_timeout_s,
+        max_connections: Annotated[int, typer.Option(help="Open connections in all.")] = D.max_connections,
+        max_connections_per_client: Annotated[int, typer.Option(
+            help="Open connections from one client address.")] = D.max_connections_per_client,
         token_file: Annotated[str | None, typer.Option("--token-file", help="File holding the bearer "
                               "token (default: $SIGHTWISE_TOKEN).")] = None,
         require_token: Annotated[bool, typer.Option("--require-token", help="Require the token for "
                                  "prediction too (admin routes always need it).")] = False,
-        max_batch: Annotated[int, typer.Option(help="Most images in one ONNX batch.")] = 16,
+        max_batch: Annotated[int, typer.Option(help="Most images in one ONNX batch.")] = D.max_batch,
         batch_window_ms: Annotated[float, typer.Option(help="How long a batch waits for more "
-                                                       "requests.")] = 2.0,
+                                                       "requests.")] = D.batch_window_ms,
         max_queue: Annotated[int, typer.Option(help="Requests in flight before 503 + "
-                                               "Retry-After.")] = 64,
-        max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = 16.0,
-        max_images: Annotated[int, typer.Option(help="Most images in one request.")] = 16,
-        timeout: Annotated[float, typer.Option(help="Request timeout (seconds).")] = 30.0,
+                                               "Retry-After.")] = D.max_queue,
+        max_body_mb: Annotated[float, typer.Option(help="Largest request body (MiB).")] = D.max_body_mb,
+        max_images: Annotated[int, typer.Option(help="Most images in one request.")] = D.max_images,
+        max_pixels: Annotated[int, typer.Option(help="Most pixels in one image.")] = D.max_pixels,
+        max_pixels_in_flight: Annotated[int | None, typer.Option(
+            help="Pixels decoded at once, all requests together (default: 2 x --max-pixels).")] = None,
+        timeout: Annotated[float, typer.Option(help="Request timeout (seconds).")] = D.request_timeout_s,
         threads: Annotated[int | None, typer.Option(help="onnxruntime threads per batch worker.")] = None,
         workers: Annotated[int | None, typer.Option(help="Batch worker threads (default 2).")] = None,
         watch_interval: Annotated[float, typer.Option(help="Seconds between registry alias "
-                                                      "checks.")] = 5.0,
+                                                      "checks.")] = D.watch_interval_s,
         index: Annotated[str | None, typer.Option("--index", help="Search index folder for "
                                                   "POST /v1/search.")] = None,
         detector: Annotated[str | None, typer.Option("--detector", help="Defect detector bundle "
                                                      "for POST /v1/inspect.")] = None,
+        log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = D.log_level,
     ) -> None:
         """Serve the HTTP API (/v1, docs at /docs) and the web page; ONNX Runtime only, no torch."""
-        from sightwise.serve.app import serve_main
+        from sightwise.serve.runner import serve_main
 
-        serve_main(bundle=bundle, model=model, host=host, port=port, token_file=token_file,
-                   require_token=require_token, max_batch=max_batch, batch_window_ms=batch_window_ms,
-                   max_queue=max_queue, max_body_mb=max_body_mb, max_images=max_images,
-                   request_timeout_s=timeout, threads=threads, workers=workers,
-                   watch_interval_s=watch_interval, index=index, detector=detector)
+        serve_main(ServeSettings(
+            bundle=bundle, model=model, index=index, detector=detector, host=host, port=port,
+            allowed_hosts=parse_hosts(allowed_hosts), forwarded_allow_ips=forwarded_allow_ips,
+            header_timeout_s=header_timeout, max_connections=max_connections,
+            max_connections_per_client=max_connections_per_client, token_file=token_file,
+            require_token=require_token, max_body_mb=max_body_mb, max_images=max_images,
+            max_pixels=max_pixels, max_pixels_in_flight=max_pixels_in_flight,
+            max_queue=max_queue, request_timeout_s=timeout, max_batch=max_batch,
+            batch_window_ms=batch_window_ms, threads=threads, workers=workers,
+            watch_interval_s=watch_interval, log_level=log_level))

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -42,6 +43,10 @@ class ServeMetrics:
         # Paths answered before routing (401, 413, 503 from middleware) keep their name.
         self.known_paths: frozenset[str] = frozenset()
 
+    def watch(self, connections, budget, observers) -> None:
+        """Export the connection table's, the decode budget's and the observers' counts."""
+        self.registry.register(_Counts(connections, budget, observers))
+
     def set_model(self, name: str, version) -> None:
         if self._model_labels is not None:
             self.model.remove(*self._model_labels)
@@ -50,6 +55,29 @@ class ServeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Counts:
+    """A collector reading plain counters kept elsewhere (no second bookkeeping)."""
+
+    def __init__(self, connections, budget, observers):
+        self.connections, self.budget, self.observers = connections, budget, observers
+
+    def collect(self):
+        yield GaugeMetricFamily("sightwise_open_connections", "Open client connections",
+                                value=self.connections.open)
+        events = CounterMetricFamily("sightwise_connections", "Client connections by what "
+                                     "happened to them", labels=["event"])
+        for event in ("accepted", "evicted", "refused", "header_timeout"):
+            events.add_metric([event], self.connections.counts[event])
+        yield events
+        yield GaugeMetricFamily("sightwise_pixels_in_flight", "Pixels of images being "
+                                "decoded now", value=self.budget.in_use)
+        observed = CounterMetricFamily("sightwise_observer_events", "Prediction events by "
+                                       "outcome", labels=["outcome"])
+        for outcome in ("delivered", "dropped", "errors"):
+            observed.add_metric([outcome], self.observers.counts[outcome])
+        yield observed
 
 
 def route_label(scope, known_paths: frozenset[str] = frozenset()) -> str:

@@ -71,13 +71,16 @@ class HeatmapResponse(BaseModel):
 
 class SwapError(BaseModel):
     version: int | str | None
-    message: str
+    message: str = Field(description="What failed, without file names (details: the server "
+                                     "log and GET /v1/admin/status).")
     at: str
 
 
 class ModelInfo(BaseModel):
     name: str
     version: int | str
+    label: str = Field(description="A name for people: `parts v3`, or for a bundle served "
+                                   "from a folder its name, architecture and export date.")
     classes: list[str]
     metrics: dict
     loaded_at: str
@@ -92,4 +95,3 @@ class ReloadResponse(BaseModel):
 
 class Health(BaseModel):
     status: str
-    pid: int

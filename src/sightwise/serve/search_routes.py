@@ -2,27 +2,23 @@
 
 The index's own bundle embeds the query (its vectors live in that bundle's embedding space,
 which need not be the served classifier's); it gets its own onnxruntime session. The upload
-is decoded, embedded and dropped: nothing is stored, so the answer carries label, path and
-similarity of the matches, never pixels.
-
-Wiring (in create_app, after `_add_routes(app)`)::
-
-    if index is not None:
-        add_search_routes(app, index)
+runs the shared pipeline (pipeline.py: admission, deadline, the same status codes as
+/v1/predict), is embedded and dropped: nothing is stored. Matches carry label, similarity
+and their path relative to the indexed folder (never the server's absolute paths).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 
-import anyio
 from fastapi import FastAPI, Query, Request
 
 from sightwise.runtime import Predictor
 from sightwise.search.store import SearchIndex
-from sightwise.serve.limits import Limits, decode_upload, read_uploads
-from sightwise.serve.schemas import ApiError
+from sightwise.serve.pipeline import pipeline_of
+from sightwise.serve.predict_routes import ERRORS, UPLOAD_BODY
 
 MAX_K = 100
 
@@ -32,6 +28,7 @@ class SearchState:
     index: SearchIndex
     predictor: Predictor
     path: Path
+    root: str  # the indexed images' common folder; answers give paths relative to it
 
 
 def load_search(index_path: str | Path, threads: int | None = None) -> SearchState:
@@ -41,46 +38,52 @@ def load_search(index_path: str | Path, threads: int | None = None) -> SearchSta
     index = SearchIndex.load(index_path)
     bundle = load_bundle(index.bundle["path"])
     index.check_bundle(sha256_path(Path(bundle.path) / "bundle.json"), str(bundle.path))
-    return SearchState(index, Predictor(bundle, threads=threads), Path(index_path))
+    folders = [os.path.dirname(str(it.get("path", ""))) for it in index.items]
+    try:
+        root = os.path.commonpath(folders) if folders else ""
+    except ValueError:  # relative and absolute paths mixed, or different drives
+        root = ""
+    return SearchState(index, Predictor(bundle, threads=threads), Path(index_path), root)
 
 
 def add_search_routes(app: FastAPI, index_path: str | Path, *,
                       threads: int | None = None) -> SearchState:
     """Load the index now (a bad index fails start-up, not the first request) and add
-    POST /v1/search. Uses the app's request limits when create_app made it."""
+    POST /v1/search."""
     state = load_search(index_path, threads)
     app.state.search = state
+    pipeline = pipeline_of(app)
+    pipeline.route("/v1/search")
+    bundle_name = _bundle_name(state.index.bundle.get("path", ""))
 
-    def limits(request: Request) -> Limits:
-        sw = getattr(request.app.state, "sw", None)
-        return sw.limits if sw is not None else Limits()
-
-    @app.post("/v1/search", summary="Indexed images most similar to the uploaded one "
-              "(multipart field `file`)", openapi_extra={"requestBody": {
-                  "required": True, "content": {"multipart/form-data": {"schema": {
-                      "type": "object", "required": ["file"], "properties": {
-                          "file": {"type": "string", "format": "binary"}}}}}}})
+    @app.post("/v1/search", responses=ERRORS, openapi_extra=UPLOAD_BODY,
+              summary="Indexed images most similar to the uploaded one (multipart field "
+              "`file`, or the image as the body)")
     async def search(request: Request, k: int = Query(10, ge=1, le=MAX_K)):
-        lim = limits(request)
-        uploads = await read_uploads(request.headers.get("content-type"), request.stream(),
-                                     lim)
-        if len(uploads) != 1:
-            raise ApiError(422, "one_image", "send exactly one image in the field 'file'")
-        data, filename = uploads[0].data, uploads[0].filename
-        uploads.clear()
-
-        def work():
-            image = decode_upload(data, lim.max_pixels)
+        def matches(image):  # in the decode thread, while the image is held
             return state.index.matches(state.predictor.embed([image], normalize=True), k)[0]
 
-        matches = await anyio.to_thread.run_sync(work)
-        return {"filename": filename, "index": {"count": len(state.index),
-                                                "kind": state.index.kind,
-                                                "bundle": state.index.bundle.get("ref")},
-                "matches": [_public(m) for m in matches]}
+        async def answer(items, t0):
+            return {"filename": items[0].filename,
+                    "index": {"count": len(state.index), "kind": state.index.kind,
+                              "bundle": bundle_name},
+                    "matches": [_public(m, state.root) for m in items[0].value]}
+
+        return await pipeline.run(request, answer, prepare=matches, max_images=1)
 
     return state
 
 
-def _public(match: dict) -> dict:
-    return {k: match.get(k) for k in ("rank", "similarity", "id", "label", "path", "split")}
+def _bundle_name(path: str) -> str:
+    p = PurePath(path)
+    return p.parent.name if p.name == "bundle" and p.parent.name else p.name
+
+
+def _public(match: dict, root: str) -> dict:
+    out = {k: match.get(k) for k in ("rank", "similarity", "id", "label", "split")}
+    path = str(match.get("path") or "")
+    try:
+        out["path"] = PurePath(os.path.relpath(path, root)).as_posix() if root else PurePath(path).name
+    except ValueError:
+        out["path"] = PurePath(path).name
+    return out

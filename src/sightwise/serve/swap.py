@@ -6,7 +6,8 @@ A `LoadedModel` is immutable: a predictor plus the name and version it answers a
 shape and be finite) *before* one reference assignment makes it current. Work already
 queued keeps a reference to the model it was preprocessed for, so it finishes on that
 model and reports that model's version; the old model is freed when the last such
-reference goes. A failed load changes nothing but `last_error`.
+reference goes. A failed load changes nothing but `last_error`, which may name files and so is shown
+only to token holders (GET /v1/admin/status); public answers get `public_error()`.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sightwise.bundle import load_bundle
+from sightwise.bundle import Bundle, load_bundle
+from sightwise.core import softmax
 from sightwise.data.preprocess import normalize, resize_rgb
-from sightwise.errors import SightwiseError
+from sightwise.errors import BundleError, SightwiseError
 from sightwise.runtime import Predictor
 from sightwise.runtime.cam import class_activation_map
-from sightwise.runtime.predictor import softmax
 
 log = logging.getLogger("sightwise.serve")
 
@@ -40,10 +41,27 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def bundle_dir(path: str | Path) -> Path:
+    """The bundle folder `path` names: the folder itself, or the bundle/ of a run folder
+    (as `sightwise predict RUN_DIR` accepts); a one-line error otherwise."""
+    p = Path(path)
+    if (p / "bundle.json").is_file():
+        return p
+    if (p / "bundle" / "bundle.json").is_file():
+        return p / "bundle"
+    if not p.exists():
+        raise BundleError(f"{p}: no such folder")
+    raise BundleError(f"{p}: not a bundle (no bundle.json) nor a run folder holding bundle/")
+
+
 def local_version(bundle_path: str | Path) -> str:
     """Version of a bundle served from a folder: a short hash of its bundle.json, which
     lists the sha256 of every file, so any change to the bundle changes it."""
-    digest = hashlib.sha256((Path(bundle_path) / "bundle.json").read_bytes()).hexdigest()
+    meta = bundle_dir(bundle_path) / "bundle.json"
+    try:
+        digest = hashlib.sha256(meta.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BundleError(f"{meta}: unreadable ({exc.strerror})") from None
     return f"local-{digest[:12]}"
 
 
@@ -67,10 +85,12 @@ class LoadedModel:
         """The bundle's resize, done per request (in parallel) so a batch only stacks."""
         return resize_rgb(image, self.predictor.preprocessing)
 
-    def probabilities(self, arrays: list[np.ndarray]) -> np.ndarray:
+    def probabilities(self, arrays: list[np.ndarray], embedding: bool = False
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N,C), embeddings (N,D) or None) from one ONNX run."""
         x = normalize(np.stack(arrays), self.predictor.preprocessing)
-        logits = self.predictor.run(x, ["logits"])["logits"]
-        return softmax(logits, self.predictor.temperature)
+        out = self.predictor.run(x, ["logits", "embedding"] if embedding else ["logits"])
+        return softmax(out["logits"], self.predictor.temperature), out.get("embedding")
 
     def explain(self, items: list[tuple[np.ndarray, int | None]]) -> list[tuple]:
         """[(array, class or None)] -> [(cam (h,w), class index, probabilities (C,))]."""
@@ -84,17 +104,30 @@ class LoadedModel:
             answers.append((class_activation_map(out["features"][i], weight, c), c, probs[i]))
         return answers
 
+    def label(self) -> str:
+        """A name for people: `parts v3` for a registry version; for a bundle served from
+        a folder (version `local-<sha>`), its name, architecture and creation date."""
+        if isinstance(self.version, int):
+            return f"{self.name} v{self.version}"
+        meta = self.predictor.bundle.meta
+        arch = meta.model.get("name")
+        created = str(meta.created or "")[:16].replace("T", " ")
+        details = ", ".join(x for x in (arch, f"exported {created} UTC" if created else "") if x)
+        return f"{self.name} ({details})" if details else self.name
+
     def info(self) -> dict:
         meta = self.predictor.bundle.meta
-        return {"name": self.name, "version": self.version, "classes": self.classes,
-                "metrics": meta.metrics, "loaded_at": self.loaded_at,
-                "bundle_created": meta.created}
+        return {"name": self.name, "version": self.version, "label": self.label(),
+                "classes": self.classes, "metrics": meta.metrics,
+                "loaded_at": self.loaded_at, "bundle_created": meta.created}
 
 
-def load_model(name: str, version: Version, path: str | Path, *,
+def load_model(name: str, version: Version, path: str | Path | Bundle, *,
                threads: int | None = None, batch_size: int = 64) -> LoadedModel:
-    """Load, verify and warm up a bundle; raises SightwiseError if it cannot serve."""
-    bundle = load_bundle(path)  # checks the schema and every file's sha256
+    """Load (or take an already verified Bundle), verify and warm up; raises
+    SightwiseError if it cannot serve."""
+    bundle = path if isinstance(path, Bundle) else load_bundle(bundle_dir(path))
+    path = bundle.path
     predictor = Predictor(bundle, threads=threads, batch_size=batch_size)
     size = predictor.preprocessing.size
     logits = predictor.run(np.zeros((1, 3, size, size), np.float32), ["logits"])["logits"]
@@ -102,6 +135,12 @@ def load_model(name: str, version: Version, path: str | Path, *,
         raise SightwiseError(f"{path}: warm-up gave logits of shape {logits.shape} "
                              f"(finite: {bool(np.isfinite(logits).all())}), expected "
                              f"(1, {len(predictor.classes)})")
+    # The calibration must give probabilities too (a temperature of 0 gives NaN, a
+    # negative one inverts the ranking): refuse to serve rather than answer null.
+    try:
+        softmax(logits, predictor.temperature)
+    except ValueError as exc:
+        raise SightwiseError(f"{path}: unusable calibration ({exc})") from None
     try:
         predictor.head()
         explainable = True
@@ -140,7 +179,8 @@ class ModelSlot:
                 new = self.loader(self.name, version, Path(path))
             except Exception as exc:  # whatever went wrong, the old model keeps serving
                 self._failed = (version, str(path))
-                self.last_error = {"version": version, "message": str(exc)[:500], "at": now_iso()}
+                self.last_error = {"version": version, "message": str(exc)[:500], "at": now_iso(),
+                                   "kind": "load"}
                 log.error("model %s version %s failed to load; still serving %s: %s",
                           self.name, version, cur.version if cur else "nothing", exc)
                 self.on_change("failed", cur)
@@ -156,7 +196,22 @@ class ModelSlot:
         message = f"watching the registry failed: {exc}"[:500]
         if (self.last_error or {}).get("message") != message:
             log.error("model %s: %s", self.name, message)
-        self.last_error = {"version": None, "message": message, "at": now_iso()}
+        self.last_error = {"version": None, "message": message, "at": now_iso(),
+                           "kind": "watch"}
+
+    def public_error(self) -> dict | None:
+        """`last_error` for answers without a token: what failed and when, never the
+        exception text (it names files and folders); details are in the log and at
+        GET /v1/admin/status."""
+        err = self.last_error
+        if err is None:
+            return None
+        cur = self.current
+        still = f"still serving version {cur.version}" if cur else "no model is loaded"
+        what = ("the registry could not be read" if err.get("kind") == "watch"
+                else f"version {err['version']} did not load")
+        return {"version": err["version"], "at": err["at"],
+                "message": f"{what}; {still} (details: server log, GET /v1/admin/status)"}
 
 
 class Watcher:

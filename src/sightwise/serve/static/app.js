@@ -1,5 +1,6 @@
-// The Sightwise page: upload one image, show the top-k bars from /v1/predict and the class
-// activation map overlay from /v1/explain. No dependencies; everything from this server.
+// The Sightwise page: upload one image, show the top-k bars from /v1/predict, and the image
+// beside its class activation map from /v1/explain (a translucent heat map with its colour
+// legend). No dependencies; everything from this server.
 "use strict";
 
 (function () {
@@ -7,6 +8,18 @@
   const input = $("file-input");
   const zone = $("drop-zone");
   let overlayUrl = null;
+  let originalUrl = null;
+  let modelLabel = null;  // the readable name of the model, once /v1/model has answered
+
+  // Class names like "scratch_on_the_left_hinge_cover" have no spaces: offer a line break
+  // after each _ - . / so long names wrap at word boundaries instead of being cut.
+  function setWrappable(el, text) {
+    el.replaceChildren();
+    for (const part of text.split(/(?<=[_\-./])/)) {
+      if (el.childNodes.length) el.appendChild(document.createElement("wbr"));
+      el.appendChild(document.createTextNode(part));
+    }
+  }
 
   function authHeaders() {
     const token = $("token-input").value.trim();
@@ -44,7 +57,7 @@
       const item = document.createElement("li");
       const label = document.createElement("span");
       label.className = "label";
-      label.textContent = p.label;
+      setWrappable(label, p.label);
       const bar = document.createElement("span");
       bar.className = "bar";
       bar.setAttribute("aria-hidden", "true");
@@ -59,11 +72,31 @@
       list.appendChild(item);
     }
     const top = result.predictions[0];
-    $("status").textContent = "Predicted: " + top.label + " (" +
-      (100 * top.probability).toFixed(1) + "%)";
+    setWrappable($("status"), "Predicted: " + top.label + " (" +
+      (100 * top.probability).toFixed(1) + "%)");
     $("status").dataset.label = top.label;
-    $("answered-by").textContent = "Answered by " + body.model.name + " version " +
-      body.model.version + " in " + result.ms.toFixed(1) + " ms.";
+    const by = $("answered-by");
+    by.textContent = "Answered by " + (modelLabel || body.model.name) + " in " +
+      result.ms.toFixed(1) + " ms.";
+    by.title = "model " + body.model.name + ", version " + body.model.version;
+    by.dataset.version = String(body.model.version);
+  }
+
+  // The chosen file itself, beside its heat map. Browsers cannot draw every format the
+  // server reads (TIFF), so a failed preview says so instead of showing a broken image.
+  function showOriginal(file) {
+    if (originalUrl) URL.revokeObjectURL(originalUrl);
+    originalUrl = URL.createObjectURL(file);
+    const img = $("original");
+    img.hidden = false;
+    img.onerror = () => {
+      img.hidden = true;
+      $("original-caption").textContent = "Your image (this browser cannot display its format)";
+    };
+    $("original-caption").textContent = "Your image";
+    img.src = originalUrl;
+    $("overlay-figure").hidden = true;
+    $("figures").hidden = false;
   }
 
   async function showOverlay(file) {
@@ -78,8 +111,10 @@
     const label = decodeURIComponent(response.headers.get("X-Sightwise-Label") || "");
     const img = $("overlay");
     img.src = overlayUrl;
-    img.alt = "Heat map over the image: warm colours mark the regions that made the model say " + label + ".";
-    $("overlay-caption").textContent = "Where the model looked for " + label + ".";
+    img.alt = "Heat map over the image: warm colours mark the regions that made the model say " +
+      label + "; the colour scale is drawn below it.";
+    setWrappable($("overlay-caption"), "Where the model looked for " + label +
+      " (blue: less, red: more).");
     $("overlay-figure").hidden = false;
   }
 
@@ -90,6 +125,7 @@
     delete $("status").dataset.label;
     $("predictions").replaceChildren();
     $("answered-by").textContent = "";
+    showOriginal(file);
     let response;
     try {
       response = await postFile("/v1/predict?top_k=5", file);
@@ -137,7 +173,7 @@
     delete status.dataset.verdict;
     let response;
     try {
-      response = await fetch("/v1/inspect?format=png", { method: "POST", body: file, headers: authHeaders() });
+      response = await postFile("/v1/inspect?format=png", file);
     } catch (_) {
       status.textContent = "Inspection unavailable: the server could not be reached.";
       return;
@@ -183,7 +219,7 @@
       const li = document.createElement("li");
       const label = document.createElement("span");
       label.className = "label";
-      label.textContent = m.label || "(no label)";
+      setWrappable(label, m.label || "(no label)");
       const path = document.createElement("span");
       path.className = "path";
       path.textContent = m.path.split("/").slice(-2).join("/");
@@ -200,14 +236,26 @@
     try {
       const response = await fetch("/v1/model", { headers: authHeaders() });
       if (!response.ok) {
-        $("model-status").textContent = "Model: " + await errorMessage(response);
+        $("model-label").textContent = "Model: " + await errorMessage(response);
         return;
       }
       const m = await response.json();
-      $("model-status").textContent = "Model " + m.name + ", version " + m.version + " · " +
-        m.classes.length + " classes: " + m.classes.join(", ");
+      modelLabel = m.label || m.name;
+      $("model-label").textContent = "Model: " + modelLabel;
+      const version = $("model-version");
+      version.textContent = "version " + m.version;
+      version.title = "The exact version answering: registry versions are numbers; a " +
+        "bundle served from a folder is named by a hash of its contents.";
+      $("class-summary").textContent = m.classes.length + " classes";
+      const list = $("class-list");
+      list.replaceChildren(...m.classes.map((c) => {
+        const li = document.createElement("li");
+        setWrappable(li, c);
+        return li;
+      }));
+      $("class-details").hidden = false;
     } catch (_) {
-      $("model-status").textContent = "Model information unavailable.";
+      $("model-label").textContent = "Model information unavailable.";
     }
   }
 
