@@ -201,11 +201,13 @@ curl -F file=@photo.jpg http://127.0.0.1:8000/v1/explain -o overlay.png
 def build_app():
     """The app `sightwise serve` runs, with every optional route mounted and no bundle."""
     from sightwise.serve.app import create_app
+    from sightwise.serve.settings import ServeSettings
 
     try:
         with mock.patch("sightwise.serve.search_routes.load_search"), \
                 mock.patch("sightwise.serve.inspect_routes.Detector"):
-            return create_app(watch=lambda: None, index="INDEX", detector="DETECTOR")
+            return create_app(ServeSettings(index="INDEX", detector="DETECTOR"),
+                              watch=lambda: None)
     except (AttributeError, ModuleNotFoundError) as exc:  # the loaders moved: say where to look
         raise SystemExit(f"generate.py: cannot stub the search/inspect loaders ({exc}); "
                          "update build_app() to the server's new wiring") from None
