@@ -94,6 +94,13 @@ def read_records(directory: str | Path, *, since: float | None = None,
         yield rec
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until done: it may write less than asked (a signal, a nearly full disk)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def image_path(directory: str | Path, sha256: str, data: bytes) -> Path:
     ext = next((e for magic, e in _IMAGE_EXT if data.startswith(magic)), ".bin")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
@@ -270,10 +277,7 @@ class PredictionLog:
                 if self._unsynced_since is None:
                     self._unsynced_since = t_append
             data = b"".join(lines)
-            fd = self._segment_fd(len(data))
-            view = memoryview(data)
-            while view:  # os.write may write less than asked (a signal, a nearly full disk)
-                view = view[os.write(fd, view):]
+            write_all(self._segment_fd(len(data)), data)
             self._seg_bytes += len(data)
             self.counts["written"] += len(batch)
             self.last_error = None
