@@ -245,3 +245,9 @@ class MonitorLog:
 
     def close(self, timeout: float = 10.0) -> None:
         self.log.close(timeout)
+
+    def __enter__(self) -> MonitorLog:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
