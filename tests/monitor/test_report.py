@@ -9,6 +9,7 @@ import json
 import math
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,31 @@ def test_observe_without_a_reference_still_logs(exported, tmp_path):
 
     recs = list(read_records(tmp_path / "log"))
     assert n == 2 and [r["ref"] for r in recs] == [None, None] and recs[0]["proj"] is None
+
+
+def test_predict_paths_logged_answers_like_the_predictor_and_logs(ref_bundle, tmp_path):
+    from sightwise.export.manifest import bundle_samples
+    from sightwise.monitor.hooks import predict_paths_logged
+    from sightwise.monitor.log import read_records
+    from sightwise.runtime import Predictor
+
+    pred = Predictor(ref_bundle, threads=1, batch_size=4)
+    paths = [s.source for s in bundle_samples(pred.bundle, "test")[:6]]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    paths.insert(2, str(broken))
+    with MonitorLog(tmp_path / "log", live=False, keep_images=True) as mlog:
+        got = predict_paths_logged(pred, paths, mlog, model="textures", version=2, top_k=2)
+        mlog.log.flush()
+    want = pred.predict_paths(paths, top_k=2)
+    assert [g.source for g in got] == [w.source for w in want]
+    assert got[2].error and want[2].error
+    for g, w in zip(got, want, strict=True):
+        assert [c.label for c in g.top] == [c.label for c in w.top]
+        assert [c.probability for c in g.top] == pytest.approx([c.probability for c in w.top],
+                                                               abs=1e-6)
+    recs = list(read_records(tmp_path / "log"))
+    assert [r["source"] for r in recs] == [p for p in paths if p != str(broken)]
+    for r in recs:
+        assert r["sha256"] == sha256_bytes(Path(r["source"]).read_bytes())
+        assert (tmp_path / "log" / r["img"]).is_file() and r["proj"] and r["d2"] is not None

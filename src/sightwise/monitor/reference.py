@@ -226,7 +226,8 @@ def read_reference(path: str | Path) -> Reference:
             meta = json.loads(str(z["meta"]))
             arrays = {name: z[name] for name in _ARRAYS}
     except (OSError, ValueError, KeyError) as exc:
-        raise BundleError(f"{path}: not a readable reference profile ({exc})") from None
+        raise BundleError(f"{path}: not a readable reference profile ({exc}); rebuild it with "
+                          "`sightwise monitor reference BUNDLE`") from None
     if meta.pop("format", None) != FORMAT:
         raise BundleError(f"{path}: reference format is not {FORMAT}; rebuild it with "
                           "`sightwise monitor reference BUNDLE`")
