@@ -223,3 +223,14 @@ def test_predict_paths_logged_answers_like_the_predictor_and_logs(ref_bundle, tm
     for r in recs:
         assert r["sha256"] == sha256_bytes(Path(r["source"]).read_bytes())
         assert (tmp_path / "log" / r["img"]).is_file() and r["proj"] and r["d2"] is not None
+
+
+def test_monitor_summary_reads_the_recent_log(stream_log, ref_bundle):
+    from sightwise.monitor.report import monitor_summary
+
+    log_dir, mlog = stream_log
+    s = monitor_summary(log_dir, ref_bundle, config=CONFIG, hours=24, last=2,
+                        log_status=mlog.log.status())
+    assert [w["index"] for w in s["windows"]] == [2, 3] and s["alerts"] == 1
+    assert s["gauges"]["sightwise_monitor_alert"] == 1.0
+    assert s["gauges"]["sightwise_monitor_log_healthy"] == 1.0

@@ -21,7 +21,7 @@ import numpy as np
 from sightwise.bundle import Bundle, load_bundle
 from sightwise.monitor.alerts import alert_event, post_webhook, queue_items, write_queue_entry
 from sightwise.monitor.log import DEFAULT_MAX_BYTES, DEFAULT_RETAIN_S, PredictionLog
-from sightwise.monitor.reference import REFERENCE, Reference, load_reference, reference_id
+from sightwise.monitor.reference import REFERENCE, Reference, load_reference
 from sightwise.monitor.windows import DEFAULT_CONFIG, MonitorConfig, WindowTester, window_arrays
 
 log = logging.getLogger("sightwise.monitor")
@@ -64,10 +64,14 @@ def sig7(values) -> list[float]:
     """Floats at 7 significant digits (float32's precision): a probability of 1e-9 must stay
     1e-9, not become 0, or the KS test would see a difference the model never made.
 
-    >>> sig7(np.array([0.123456789, 1.23456789e-9, 0.0]))
-    [0.1234568, 1.234568e-09, 0.0]
+    >>> sig7(np.array([0.123456789, 1.23456789e-9, 0.0, -2.5e3]))
+    [0.1234568, 1.234568e-09, 0.0, -2500.0]
     """
-    return [float(f"{v:.7g}") for v in np.asarray(values, np.float64).ravel()]
+    x = np.asarray(values, np.float64).ravel()
+    with np.errstate(divide="ignore"):
+        digits = 6 - np.floor(np.log10(np.abs(x)))
+    scale = 10.0 ** np.where(np.isfinite(digits), digits, 0)
+    return (np.round(x * scale) / scale).tolist()
 
 
 def record_from_prediction(*, model: str, version, probs, embedding=None,
@@ -134,7 +138,7 @@ class LiveMonitor:
              "complete": True, "reference": self._ref_id,
              "model": recs[-1].get("model"), "version": recs[-1].get("version"),
              **self._tester.test(probs, proj, d2, seed=self.config.seed * 1_000_003 + self._index),
-             "n": len(recs), "n_distinct": len(probs), "sha256": [r.get("sha256") for r in recs]}
+             "n": len(recs), "n_distinct": len(probs)}
         self._index += 1
         self._recent_records.append((w, recs))
         with self._lock:
@@ -177,8 +181,8 @@ class LiveMonitor:
 
 
 def strip(window: dict) -> dict:
-    """A window as JSON shows it: without its sha256 list."""
-    return {k: v for k, v in window.items() if k != "sha256"}
+    """A window as JSON shows it: without the records a drifted window keeps for the queue."""
+    return {k: v for k, v in window.items() if k != "records"}
 
 
 class MonitorLog:
@@ -199,8 +203,9 @@ class MonitorLog:
         self._refs: dict[str, Reference | None] = {}
 
     def reference_for(self, bundle: Bundle | str | Path, model: str) -> Reference | None:
-        """The bundle's reference, loaded once per bundle folder; None when it has none."""
-        key = str(Path(bundle.path if isinstance(bundle, Bundle) else bundle).resolve())
+        """The bundle's reference, loaded once per bundle folder (as named); None when it has
+        none. A bundle is immutable once served, so the cache never goes stale."""
+        key = str(bundle.path if isinstance(bundle, Bundle) else bundle)
         if key not in self._refs:
             try:
                 b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=False)
@@ -208,10 +213,8 @@ class MonitorLog:
                 if ref is None:
                     log.warning("%s has no %s: predictions are logged without drift tests; "
                                 "build it with `sightwise monitor reference`", b.path, REFERENCE)
-                else:
-                    assert ref.meta["id"] == reference_id(b)
-                    if self.live is not None:
-                        self.live.register(ref, model)
+                elif self.live is not None:
+                    self.live.register(ref, model)
             except Exception as exc:  # noqa: BLE001 - log without drift rather than fail
                 log.warning("cannot load the reference of %s: %s", bundle, exc)
                 ref = None

@@ -24,6 +24,7 @@ from sightwise.monitor.reference import load_reference
 from sightwise.monitor.windows import DEFAULT_CONFIG, MonitorConfig, analyse
 
 TESTS = ("ks", "chi2", "mmd", "outliers")
+P_CAP = 20
 
 
 def monitor_report(log_dir: str | Path, bundle: Bundle | str | Path, *,
@@ -39,19 +40,22 @@ def monitor_report(log_dir: str | Path, bundle: Bundle | str | Path, *,
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     ref = load_reference(b)
     ref_id = ref.meta["id"]
-    counts: dict = {"other_reference": 0}
-    mine: list[dict] = []
-    for rec in read_records(log_dir, since=since, until=until, counts=counts):
-        if rec.get("ref") == ref_id:
-            mine.append(rec)
-        else:
-            counts["other_reference"] += 1
-    windows = analyse(mine, ref, config)
-    queued = _act_on_alerts(windows, mine, ref, b, config, queue_dir, webhook, log_dir, log)
+    counts: dict = {"other_reference": 0, "records": 0}
+
+    def mine():
+        for rec in read_records(log_dir, since=since, until=until, counts=counts):
+            if rec.get("ref") == ref_id:
+                counts["records"] += 1
+                yield rec
+            else:
+                counts["other_reference"] += 1
+
+    windows = analyse(mine(), ref, config, keep_records=bool(queue_dir or webhook))
+    queued = _act_on_alerts(windows, ref, b, config, queue_dir, webhook, log_dir, log)
     last = next((w for w in reversed(windows) if w["tested"]), None)
     return {
         "log": str(log_dir), "bundle": str(b.path), "reference": ref_id,
-        "classes": b.classes, "config": asdict(config), "n_records": len(mine),
+        "classes": b.classes, "config": asdict(config), "n_records": counts.pop("records"),
         "skipped": counts, "reference_accuracy": ref.stats["accuracy"],
         "windows": [strip(w) for w in windows],
         "alerts": sum(bool(w["alert_start"]) for w in windows),
@@ -62,23 +66,21 @@ def monitor_report(log_dir: str | Path, bundle: Bundle | str | Path, *,
     }
 
 
-def _act_on_alerts(windows, records, ref, bundle, config, queue_dir, webhook, log_dir, log):
+def _act_on_alerts(windows, ref, bundle, config, queue_dir, webhook, log_dir, log):
     if queue_dir is None and webhook is None:
         return []
-    by_sha = {}
-    for r in records:
-        by_sha.setdefault(r.get("sha256"), r)
     model = bundle.path.parent.name if bundle.path.name == "bundle" else bundle.path.name
     queued = []
     for i, w in enumerate(windows):
         if not w["alert"]:
             continue
         drifted = [x for x in windows[max(0, i - config.alert_of + 1):i + 1] if x["drift"]]
-        event = alert_event(w, drifted, model=model, version=records[-1].get("version"),
-                            ref_id=ref.meta["id"], classes=bundle.classes)
+        recs = [r for x in drifted for r in x.get("records", [])]
+        version = recs[-1].get("version") if recs else None
+        event = alert_event(w, drifted, model=model, version=version, ref_id=ref.meta["id"],
+                            classes=bundle.classes)
         if queue_dir is not None:
-            where = {sha: x["index"] for x in drifted for sha in x["sha256"]}
-            recs = [by_sha[s] for x in drifted for s in x["sha256"] if s in by_sha]
+            where = {r.get("sha256"): x["index"] for x in drifted for r in x.get("records", [])}
             path = write_queue_entry(queue_dir, event, queue_items(recs, where, bundle.classes,
                                                                    ref), log_dir)
             if path is not None:
@@ -168,7 +170,8 @@ def _acc(a: dict) -> str:
 
 def drift_plot_png(summary: dict, *, dpi: int = 110) -> bytes:
     """Two panels over window index: -log10 family p (alpha line, alerts shaded) and the
-    label-free accuracy estimates with +-2 standard errors."""
+    label-free accuracy estimates with +-2 standard errors (and `true_accuracy`, one value
+    per window, when the summary has it)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -179,13 +182,15 @@ def drift_plot_png(summary: dict, *, dpi: int = 110) -> bytes:
     fig = Figure(figsize=(8, 5), dpi=dpi)
     ax1, ax2 = fig.subplots(2, 1, sharex=True)
     x = [w["index"] for w in ws]
-    ax1.plot(x, [-math.log10(max(w["p_value"], 1e-300)) for w in ws], "o-", ms=3, color="C0",
-             label="family-wise p")
+    # -log10 p, capped: a p of 1e-200 and one of 1e-30 mean the same thing here.
+    ax1.plot(x, [min(P_CAP, -math.log10(max(w["p_value"], 1e-300))) for w in ws], "o-", ms=3,
+             color="C0", label="family-wise p")
     ax1.axhline(-math.log10(alpha), color="C3", ls="--", lw=1, label=f"alpha = {alpha:g}")
     for w in ws:
         if w["alert"]:
             ax1.axvspan(w["index"] - 0.5, w["index"] + 0.5, color="C3", alpha=0.15, lw=0)
-    ax1.set_ylabel("-log10 p")
+    ax1.set_ylabel(f"-log10 p (capped at {P_CAP})")
+    ax1.set_ylim(0, P_CAP * 1.05)
     ax1.legend(loc="upper left", fontsize=8)
     ax1.set_title("Drift per window (shaded: alert)", fontsize=10)
     for key, colour, label in (("atc", "C2", "ATC"), ("confidence", "C1", "confidence")):
@@ -195,12 +200,16 @@ def drift_plot_png(summary: dict, *, dpi: int = 110) -> bytes:
         ax2.fill_between(x, [e - 2 * s for e, s in zip(est, se, strict=True)],
                          [e + 2 * s for e, s in zip(est, se, strict=True)], color=colour,
                          alpha=0.15, lw=0)
+    if summary.get("true_accuracy"):  # when labels exist (benchmarks): one value per window
+        ax2.plot(x, [summary["true_accuracy"][i] for i in x], "s--", ms=3, color="k", lw=1,
+                 label="true accuracy")
     if summary.get("reference_accuracy") is not None:
         ax2.axhline(summary["reference_accuracy"], color="grey", ls=":", lw=1,
                     label="reference accuracy")
     ax2.set_ylim(-0.02, 1.02)
     ax2.set_ylabel("estimated accuracy")
     ax2.set_xlabel("window")
+    ax2.xaxis.get_major_locator().set_params(integer=True)
     ax2.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -151,8 +151,11 @@ def window_arrays(records: list[dict]):
 
 
 def analyse(records: Iterable[dict], ref: Reference, config: MonitorConfig = DEFAULT_CONFIG,
-            tester: WindowTester | None = None) -> list[dict]:
-    """Windows of a time-ordered record stream, tested, with the alert rule applied."""
+            tester: WindowTester | None = None, *, keep_records: bool = False) -> list[dict]:
+    """Windows of a time-ordered record stream, tested, with the alert rule applied.
+
+    Streams: only the window being filled is held in memory. A drifted window keeps its
+    records (`"records"`, with keep_records) for the labelling queue; no other does."""
     tester = tester or WindowTester(ref, config)
     windows = []
     for i, (recs, complete) in enumerate(split_windows(records, config)):
@@ -164,7 +167,9 @@ def analyse(records: Iterable[dict], ref: Reference, config: MonitorConfig = DEF
             result = untested(len(probs))
         result["n"] = len(recs)
         result["n_distinct"] = len(probs)
-        windows.append({**base, **result, "sha256": [r.get("sha256") for r in recs]})
+        if keep_records and result["drift"]:
+            result["records"] = recs
+        windows.append({**base, **result})
     apply_alert_rule(windows, config)
     return windows
 
