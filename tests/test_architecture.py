@@ -30,7 +30,8 @@ LAYERS = {
     "export": 4, "registry": 5,
     "runtime": 6, "search": 6, "anomaly": 6, "monitor": 6, "label": 6, "privacy": 6,
     "stream": 6,
-    "serve": 7, "predict": 8, "explain": 8, "describe": 8, "pipeline": 8, "cli": 9,
+    "serve": 7, "predict": 8, "explain": 8, "describe": 8, "workflows": 8, "pipeline": 8,
+    "cli": 9,
 }
 
 

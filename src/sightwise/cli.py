@@ -135,7 +135,7 @@ def train(
     """Train a classifier, export its ONNX graph (parity-checked against PyTorch) and write
     metrics.json, report.html and bundle/ into OUT."""
     from sightwise.config import TrainConfig, parse_duration
-    from sightwise.export.api import train_and_export
+    from sightwise.workflows import train as train_bundle
 
     _set_torch_threads(threads)
     if require_clean:
@@ -150,7 +150,7 @@ def train(
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
                       allow_outside=allow_outside)
-    metrics = train_and_export(cfg, log=_log)
+    metrics = train_bundle(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
 
@@ -242,7 +242,7 @@ def export(
     """Export to ONNX (fp32, optionally int8), check parity against PyTorch, write parity.json.
     (`train` already exports fp32; run this for int8, an edge folder, or an older bundle.)"""
     from sightwise.bundle import find_bundle_dir
-    from sightwise.export.api import export_bundle
+    from sightwise.workflows import export as export_bundle
 
     path = find_bundle_dir(bundle)
     parity = export_bundle(path, int8=int8, calib=calib, opset=opset, force=force,
@@ -300,13 +300,13 @@ def demo(
     report."""
     from sightwise.config import TrainConfig, parse_duration
     from sightwise.data.demo import make_texture_dataset
-    from sightwise.export.api import train_and_export
+    from sightwise.workflows import train as train_bundle
 
     data = make_texture_dataset(Path(out) / "data")
     _log(f"made a 6-class texture dataset in {data}")
     cfg = TrainConfig(data=str(data), out=out, budget_s=parse_duration(budget), img_size=128,
                       progress=progress, overwrite=True)
-    metrics = train_and_export(cfg, log=_log)
+    metrics = train_bundle(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"open {Path(out) / 'report.html'}; try: sightwise predict {Path(out) / 'bundle'} "
          f"{data / 'brick' / 'brick_000.png'}")

@@ -209,7 +209,7 @@ class MonitorLog:
         if key not in self._refs:
             try:
                 b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle, verify=False)
-                ref = load_reference(b) if REFERENCE in b.meta.get("files", {}) else None
+                ref = load_reference(b) if REFERENCE in b.meta.files else None
                 if ref is None:
                     log.warning("%s has no %s: predictions are logged without drift tests; "
                                 "build it with `sightwise monitor reference`", b.path, REFERENCE)

@@ -238,7 +238,7 @@ def read_reference(path: str | Path) -> Reference:
 def load_reference(bundle: Bundle | str | Path) -> Reference:
     """The bundle's reference profile (the bundle's sha256 checks apply)."""
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-    if REFERENCE not in b.meta.get("files", {}):
+    if REFERENCE not in b.meta.files:
         raise BundleError(f"{b.path}: bundle has no {REFERENCE}; build it with "
                           f"`sightwise monitor reference {b.path}`")
     ref = read_reference(b.file(REFERENCE))
@@ -248,7 +248,7 @@ def load_reference(bundle: Bundle | str | Path) -> Reference:
 def reference_id(bundle: Bundle) -> str:
     """Short fingerprint of the bundle's reference.npz: records carry it, so a report
     only compares predictions projected with this same PCA basis."""
-    return bundle.meta["files"][REFERENCE]["sha256"][:16]
+    return bundle.meta.files[REFERENCE].sha256[:16]
 
 
 def build_reference(bundle_path: str | Path, *, components: int = COMPONENTS,
@@ -274,7 +274,7 @@ def build_reference(bundle_path: str | Path, *, components: int = COMPONENTS,
         "split": split, "classes": bundle.classes, "model_file": predictor.model_file,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     out = atomic_write_bytes(bundle.path / REFERENCE, reference_bytes(ref))
-    meta = {k: v for k, v in bundle.meta.items() if k != "files"}
+    meta = bundle.meta.to_dict()
     meta["monitor"] = {"reference": REFERENCE, "split": split, "n": ref.stats["n"],
                        "components": ref.stats["components"],
                        "accuracy": ref.stats["accuracy"]}

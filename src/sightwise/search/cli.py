@@ -174,7 +174,7 @@ def evaluate(
     idx, predictor = open_index(index, threads=threads)
     result = evaluate_index(idx, predictor, queries, labels=labels,
                             progress=_show_progress(progress, quiet), log=_err)
-    _say_which_embedding(predictor.bundle.meta)
+    _say_which_embedding(predictor.bundle.meta.raw)
     if as_json:
         typer.echo(json.dumps(result))
         return
