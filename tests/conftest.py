@@ -74,12 +74,12 @@ def tmp_image_folder(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """(data folder, run folder) of one linear-probe run at 96 px (a 3x3 feature map), shared
-    by the session.
+    by the session: what `sightwise train` makes (bundle exported, reference.npz written).
 
     Tests must not modify it; copy the bundle first (shutil.copytree) to change it.
     """
     from sightwise.config import TrainConfig
-    from sightwise.train.pipeline import run_training
+    from sightwise.workflows import train as run_training
 
     root = tmp_path_factory.mktemp("trained")
     data = make_image_folder(root / "data", {"apple": 14, "banana": 14, "cherry": 14})

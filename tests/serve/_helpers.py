@@ -80,15 +80,26 @@ import json, sys, types
 cfg = json.loads(sys.argv[1])
 reg = cfg.pop("registry_file", None)
 if reg:
-    def current_version(name, alias):
+    seen = {}  # version -> folder, as the registry keeps every version's folder
+    def _read():
         with open(reg) as f:
             d = json.load(f)
+        if d:
+            seen[d["version"]] = d["path"]
+        return d
+    def current_version(name, alias):
+        d = _read()
         return (d["version"], d["path"]) if d else None
     def resolve_bundle(ref):  # NAME/VERSION: the path the registry file names
-        with open(reg) as f:
-            return json.load(f)["path"]
+        return _read()["path"]
+    def open_version(name, version):  # the registered version, verified as loading does
+        from sightwise.bundle import load_bundle
+        if version not in seen:
+            _read()
+        return load_bundle(seen[version])
     mod = types.ModuleType("sightwise.registry.resolve")
     mod.current_version, mod.resolve_bundle = current_version, resolve_bundle
+    mod.open_version = open_version
     sys.modules["sightwise.registry.resolve"] = mod
 from sightwise.serve.runner import serve_main
 serve_main(**cfg)

@@ -156,8 +156,8 @@ def test_default_version_names_the_bundle_contents_and_the_label_reads_well(serv
     assert model["version"] == local_version(served_bundle)
     assert model["name"] == served_bundle.name
     meta = Predictor(served_bundle).bundle.meta
-    created = meta["created"][:16].replace("T", " ")
-    assert model["label"] == f"{served_bundle.name} ({meta['model']['name']}, exported {created} UTC)"
+    created = meta.created[:16].replace("T", " ")
+    assert model["label"] == f"{served_bundle.name} ({meta.model['name']}, exported {created} UTC)"
     assert "local-" not in model["label"]
 
 

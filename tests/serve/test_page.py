@@ -105,7 +105,7 @@ def test_long_class_names_wrap_inside_the_page(browser, live_server, served_bund
     shown in full (wrapped), and nothing makes the page scroll sideways."""
     long_names = tmp_path / "long-names"
     bundle_version(served_bundle, long_names, 1.0)
-    meta = dict(load_bundle(long_names).meta)
+    meta = load_bundle(long_names).meta.to_dict()
     meta["classes"] = [f"{c}_observed_under_the_{c}_inspection_protocol_of_the_plant_number_{i}"
                        for i, c in enumerate(meta["classes"])]
     meta.pop("files")
