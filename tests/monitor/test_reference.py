@@ -88,10 +88,10 @@ def test_build_reference_on_an_exported_bundle(ref_bundle):
     from sightwise.runtime import Predictor
 
     bundle = load_bundle(ref_bundle)  # verifies every listed file, reference.npz included
-    assert REFERENCE in bundle.meta["files"]
-    assert bundle.meta["monitor"]["split"] == "val"
+    assert REFERENCE in bundle.meta.files
+    assert bundle.meta.section("monitor")["split"] == "val"
     ref = load_reference(bundle)
-    assert ref.meta["id"] == bundle.meta["files"][REFERENCE]["sha256"][:16]
+    assert ref.meta["id"] == bundle.meta.files[REFERENCE].sha256[:16]
     images, labels = load_images(bundle_samples(bundle, "val"), bundle.preprocessing,
                                  lambda _m: None, what="val")
     probs, emb = run_outputs(Predictor(bundle, threads=1), images)

@@ -168,7 +168,7 @@ def test_monitor_reference_cli_and_its_errors(exported, tmp_path):
     shutil.copytree(exported[0], copy)
     res = CliRunner().invoke(app, ["monitor", "reference", str(copy), "--threads", "1"])
     assert res.exit_code == 0, res.output
-    assert "reference.npz" in load_bundle(copy).meta["files"]
+    assert "reference.npz" in load_bundle(copy).meta.files
     res = CliRunner().invoke(app, ["monitor", "report", str(tmp_path / "nolog"),
                                    "--bundle", str(copy)])
     assert res.exit_code == 2 and "no prediction log folder" in res.output
