@@ -8,9 +8,9 @@ applied: the plain maximum is what Anomalib and most follow-ups report.
 
 The maximum can leave out a border of `border` patches (the heat map keeps them). Good
 parts photographed with a visible rim or edge score highest there, and a maximum is
-decided by one patch: on magnetic tile, leaving out 2 patches (16 of 224 px a side) raised
-image AUROC from 0.86 to 0.94 (5 % coreset). Anomalib's default pipeline gets the same by
-a centre crop (256 -> 224), which also drops the border from the heat map.
+decided by one patch (measured in docs/experiments/2026-11-29-magnetic-tile-defaults.md).
+Anomalib's default pipeline gets the same by a centre crop (256 -> 224), which also drops
+the border from the heat map.
 """
 
 from __future__ import annotations

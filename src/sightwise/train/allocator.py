@@ -3,14 +3,14 @@
 PyTorch's CPU tensors come from the C library's malloc. glibc serves every block over its
 mmap threshold (128 kB to 32 MB, adaptive) with a fresh mmap and gives it back to the kernel
 on free, so each training step maps, faults in page by page (zero-filled by the kernel) and
-unmaps the same few hundred megabytes of activations and gradients again. On this 2-core
-machine that was ~145 000 page faults a second and about a sixth of the CPU time spent in
-the kernel during a BreastMNIST fine-tune.
+unmaps the same few hundred megabytes of activations and gradients again: a large share of
+a CPU fine-tune's time goes to page faults in the kernel (measured in
+docs/experiments/2026-11-29-training-throughput.md).
 
 `keep_freed_memory()` tells glibc (mallopt) to serve large blocks from its heap and never to
 trim the heap, so freed blocks are reused by the next step. The setting is process-wide
-and stays: the process keeps its peak memory until it exits (a 224 px Lite0 fine-tune at
-batch 32: 4.4 GB instead of 3.7 GB), which is what a training process holds anyway.
+and stays: the process keeps its peak memory until it exits (a few hundred MB more for a
+224 px fine-tune), which is what a training process holds anyway.
 `sightwise train` (and `fit`, which the benchmark's CNNs use too) turn it on; set
 SIGHTWISE_KEEP_FREED_MEMORY=0 to opt out. Intel's PyTorch CPU tuning guide makes the same
 point with jemalloc/tcmalloc; mallopt needs no extra library. Elsewhere (macOS, musl,
