@@ -100,11 +100,22 @@ def _with_stop(outputs: dict) -> dict:
 # -- data ---------------------------------------------------------------------------------------
 
 
+def _where(path: Path | None, root: Path) -> str | None:
+    """A path as the TOML names it relative to its folder, so a project that moves as a
+    whole (a CI checkout in another directory) keeps its cache."""
+    if path is None:
+        return None
+    try:
+        return path.absolute().relative_to(root).as_posix()
+    except ValueError:
+        return str(path.absolute())
+
+
 def data_inputs(ctx: Context, prev: dict | None) -> dict:
     s = ctx.spec
     labels = s.labels
-    return {"data": str(s.data), "fingerprint": fingerprint(s.data, exclude=ctx.work),
-            "labels": str(labels) if labels else None,
+    return {"data": _where(s.data, s.root), "fingerprint": fingerprint(s.data, exclude=ctx.work),
+            "labels": _where(labels, s.root),
             "labels_fingerprint": fingerprint(labels) if labels and labels.exists() else None,
             "split": s.split, "split_seed": s.train.get("split_seed", 0),
             "class_from": s.class_from, "allow_outside": s.allow_outside,
@@ -308,10 +319,10 @@ def gates_run(ctx: Context) -> dict:
 
 
 def register_inputs(ctx: Context, prev: dict | None) -> dict:
-    from sightwise.registry.store import tracking_uri
-
+    # The default store lives in $SIGHTWISE_HOME: `register_valid` checks the version is
+    # there; a tracking server is named here so switching servers registers again.
     return {"bundle": ctx.outputs["export"]["bundle_json_sha256"], "name": ctx.spec.name,
-            "store": tracking_uri()}
+            "store": os.environ.get("MLFLOW_TRACKING_URI")}
 
 
 def register_run(ctx: Context) -> dict:
