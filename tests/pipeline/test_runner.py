@@ -136,3 +136,78 @@ def test_from_forces_the_stage_and_its_successors(project):
     s = _run(project, from_stage="gates")
     ran = [n for n, st in _statuses(s).items() if st == "ran"]
     assert ran == ["gates", "register", "staging", "production"] and s["version"] == 1
+
+
+def test_the_label_free_gate_compares_the_latest_windows(project):
+    """A stand-in monitor: production's latest window is estimated at 0.90, the candidate's
+    (the unregistered run bundle) at 0.70: gated out by name, only the gates stage re-ran."""
+    from sightwise.pipeline.seams import Seams
+
+    (project.dir / "monitor-log").mkdir()
+    (project.dir / "monitor-log" / "seg-1.jsonl").write_text("records\n")
+    project.edit('name = "steel"', 'name = "steel"\n[monitor]\nlog = "monitor-log"')
+    seen = []
+
+    def window(bundle):
+        seen.append(bundle.path)
+        registered = "bundles" in bundle.path.parts
+        return {"estimated_accuracy": 0.90 if registered else 0.70, "window": 3, "n": 100}
+
+    s = _run(project, seams=Seams(window=window))
+    assert [n for n, st in _statuses(s).items() if st not in ("skipped",)] == ["gates"]
+    assert s["exit_code"] == 3 and s["reason"].startswith("label_free_accuracy: 0.7 < 0.9")
+    assert len(seen) == 2
+
+
+def test_the_audit_gate_stops_before_training(project):
+    from sightwise.pipeline.seams import Seams
+
+    project.edit("min_accuracy = 0.95", "min_accuracy = 0.95\nmax_label_error_share = 0.05")
+    calls = []
+
+    def audit(manifest, dataset, progress):
+        calls.append(manifest)
+        return {"share": 0.10, "suspects": 5, "n": 48, "source": str(manifest)}
+
+    s = _run(project, seams=Seams(audit=audit))
+    assert list(_statuses(s).items()) == [("data", "failed")]
+    assert s["exit_code"] == 3 and s["reason"].startswith("max_label_error_share: 0.1 > 0.05")
+    assert calls == [project.work / "data" / "manifest.csv"]
+
+
+def test_the_shadow_stage_waits_for_n_live_predictions(project):
+    from sightwise.pipeline.shadow import ShadowWriter, shadow_record
+
+    project.edit('name = "steel"', 'name = "steel"\n[shadow]\nmin_records = 3\nmin_agreement = 0.5')
+    s = _run(project)
+    assert s["exit_code"] == 3 and s["reason"].startswith("shadow_records: 0 < 3")
+    assert _statuses(s)["staging"] == "skipped" and _statuses(s)["shadow"] == "failed"
+    with ShadowWriter("steel") as w:
+        for label in ("apple", "banana", "cherry"):
+            w.append(shadow_record(model="steel", primary_version=1, primary_label=label,
+                                   shadow_version=1, shadow_label=label))
+    s = _run(project)
+    assert s["exit_code"] == 0 and _statuses(s)["shadow"] == "ran"
+    g = {x["name"]: x for x in s["gates"]}
+    assert g["shadow_records"]["value"] == 3 and g["shadow_agreement"]["value"] == 1.0
+
+
+def test_watch_runs_again_when_labels_arrive(project):
+    import threading
+
+    from sightwise.pipeline.runner import watch
+
+    project.edit('path = "images"', 'path = "images"\nlabels = "labels.csv"')
+    spec = load_spec(project.toml)
+    stop, calls = threading.Event(), []
+
+    def run():
+        calls.append(len(calls))
+        if len(calls) == 1:  # labels arrive while the first run is busy
+            (project.dir / "labels.csv").write_text(
+                "path,label,annotator,time,model_version,suggested,suggested_p\n")
+        else:
+            threading.Timer(0.2, stop.set).start()  # then nothing changes: no third run
+        return {"outcome": "promoted", "exit_code": 0}
+
+    assert watch(spec, run, interval=0.01, stop=stop, log=lambda _m: None) == 2

@@ -11,8 +11,8 @@ dataset is "relabelled" (or "confirmed", same label); one that is not is "added"
 Splits (``[data] split = "hash"``, the default): an image's split follows from its content
 hash alone, so images added later join a split without moving any old one, and retraining
 with another seed tests on the same images; identical files always share a split (no
-leakage by construction). Classes too small to get a validation or test image by chance get
-their lowest-hash training images moved there. Splits the dataset brings (train/val/test
+leakage by construction). In a class too small to fill every split by chance, an empty
+split gets the lowest-hash image of the class's largest split. Splits the dataset brings (train/val/test
 folders, a split column) are kept. ``split = "seed"`` leaves splitting to `train`
 (stratified, `split_seed`).
 """
@@ -151,8 +151,8 @@ def hash_split(sha256: str, seed: int) -> str:
 
 
 def stable_splits(rows: list[Row], seed: int) -> tuple[list[Row], list[str]]:
-    """Rows without a split get their hash split; a class with >= 3 distinct images and
-    no validation or test image gets its lowest-hash training image moved there."""
+    """Rows without a split get their hash split; in a class of >= 3 distinct images, a
+    split left empty by chance gets the lowest-hash image of the class's largest split."""
     out = [r if r.split else replace(r, split=hash_split(r.sha256 or r.source, seed))
            for r in rows]
     notes = []
@@ -161,15 +161,16 @@ def stable_splits(rows: list[Row], seed: int) -> tuple[list[Row], list[str]]:
         by_class[r.label].setdefault(r.sha256 or r.source, r.split)
     moves: dict[tuple[str, str], str] = {}
     for label, shas in sorted(by_class.items()):
-        for split in ("test", "val"):
+        for split in ("train", "test", "val"):
             if len(shas) < 3 or split in shas.values():
                 continue
-            train = sorted((s for s, sp in shas.items() if sp == "train"),
-                           key=lambda s: hash_position(s, seed))
-            if train:
-                shas[train[0]] = split
-                moves[(label, train[0])] = split
-                notes.append(f"class {label!r}: no {split} image by hash; moved one from train")
+            sizes = Counter(shas.values())
+            donor = max(sizes, key=lambda sp: (sizes[sp], sp == "train"))
+            pick = min((s for s, sp in shas.items() if sp == donor),
+                       key=lambda s: hash_position(s, seed))
+            shas[pick] = split
+            moves[(label, pick)] = split
+            notes.append(f"class {label!r}: no {split} image by hash; moved one from {donor}")
     if moves:
         out = [replace(r, split=moves[(r.label, r.sha256 or r.source)])
                if (r.label, r.sha256 or r.source) in moves else r for r in out]
