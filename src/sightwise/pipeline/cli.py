@@ -43,8 +43,8 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say which stages would run or be "
                                           "skipped; run and write nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
-    work: Annotated[str | None, typer.Option(help="Work folder (default: [pipeline] work, else "
-                                             ".sightwise-pipeline/NAME beside the TOML).")] = None,
+    work: Annotated[str | None, typer.Option(help="Work folder (default: the TOML's pipeline.work, "
+                                             "else .sightwise-pipeline/NAME beside the TOML).")] = None,
     watch: Annotated[bool, typer.Option("--watch", help="Keep running: run again whenever the "
                                         "dataset or the labels file changes.")] = False,
     interval: Annotated[float, typer.Option(min=1.0, help="--watch: seconds between checks.")] = 60.0,
