@@ -100,15 +100,15 @@ def quality_gates(evaluation: dict, limits: dict, *, stage: str = "gates") -> li
 
 
 def regression_gates(comparison: dict | None, limits: dict, holder: str | None, *,
-                     stage: str = "gates") -> list[dict]:
+                     stage: str = "gates", missing: str = "no production version to compare with"
+                     ) -> list[dict]:
     """Drop of the regression metric against production: absolute (holder - candidate) and
-    relative ((holder - candidate) / holder). Skipped without a production version; failed
-    when the two cannot be compared (the last resort, with the reason)."""
+    relative ((holder - candidate) / holder). Skipped without a production version (`missing`
+    says why); failed when the two cannot be compared (the last resort, with the reason)."""
     metric = limits.get("regression_metric", "macro_f1")
     keys = [k for k in ("max_regression", "max_relative_regression") if k in limits]
     if comparison is None:
-        return [skipped(k, limits[k], "no production version to compare with", stage=stage)
-                for k in keys]
+        return [skipped(k, limits[k], missing, stage=stage) for k in keys]
     if comparison["method"] == "not-comparable":
         return [failed(k, limits[k], f"not comparable with {holder}: {comparison['reason']}",
                        stage=stage) for k in keys]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sightwise import __version__
 from sightwise.core import atomic_write_json, sha256_path
-from sightwise.errors import DataError
+from sightwise.errors import DataError, SightwiseError
 from sightwise.pipeline import data as data_mod
 from sightwise.pipeline.gates import (
     describe_failure,
@@ -297,10 +297,16 @@ def gates_run(ctx: Context) -> dict:
     limits = ctx.spec.gates
     bundle = load_bundle(ctx.bundle_dir)
     out = quality_gates(ctx.outputs["evaluate"]["evaluation"], limits)
-    holder, comparison, held = ctx.production_bundle(), None, ctx.production()
+    held, comparison, missing = ctx.production(), None, "no production version to compare with"
+    try:
+        holder = ctx.production_bundle()
+    except SightwiseError as exc:  # as `models promote` does: a broken holder must not
+        holder = None              # block its own replacement
+        missing = f"production v{held[0]} cannot be opened ({exc})"
     if holder is not None:
         comparison = compare_versions(bundle, holder, log=ctx.log)
-    out += regression_gates(comparison, limits, f"production v{held[0]}" if held else None)
+    out += regression_gates(comparison, limits, f"production v{held[0]}" if held else None,
+                            missing=missing)
     int8 = bool(ctx.spec.export["int8"] and bundle.meta.export and bundle.meta.export.int8_passed)
     measured = measure_graph(bundle, int8=int8)
     out += machine_gates(measured, limits)

@@ -141,11 +141,6 @@ def same_test_data(a: Bundle, b: Bundle) -> bool:
     return ta is not None and ta == tb
 
 
-def _macro_f1(bundle: Bundle) -> float | None:
-    value = bundle.meta.metrics.get("test", {}).get("macro_f1")
-    return float(value) if isinstance(value, (int, float)) else None
-
-
 def _recorded(bundle: Bundle) -> dict:
     test = bundle.meta.metrics.get("test", {})
     return {k: float(test[k]) if isinstance(test.get(k), (int, float)) else None
