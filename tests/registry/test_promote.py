@@ -368,4 +368,5 @@ def test_require_shadow_on_the_command_line(registered):
                                    shadow_version=2, shadow_label="a"))
     res = runner.invoke(models_app, ["promote", "m", "2", "--require-shadow", "3"])
     assert res.exit_code == 0, res.stderr
-    assert "m@production: v1 -> v2" in res.stdout and "agreeing with the primary model on 100.0%" in res.stdout
+    assert "m@production: v1 -> v2" in res.stdout
+    assert "agreeing with the primary model on 100.0%" in res.stdout
