@@ -103,17 +103,31 @@ def promote(
     tolerance: Annotated[float, typer.Option(help="Allowed drop in test macro-F1 against the "
                                              "current holder.")] = 0.01,
     reason: Annotated[str | None, typer.Option(help="Why (kept in the history).")] = None,
+    require_shadow: Annotated[int | None, typer.Option(
+        "--require-shadow", min=1, help="Also require at least N shadow predictions of VERSION "
+        "on live traffic ($SIGHTWISE_HOME/shadow/NAME/, written by serve --shadow); reports "
+        "their agreement and, on labelled requests, both models' accuracy.")] = None,
 ) -> None:
-    """Move ALIAS to VERSION if its export parity passed and its test macro-F1 is within
-    TOLERANCE of the current holder's on the same test data."""
+    """Move ALIAS to VERSION if its export parity passed and its macro-F1 is within
+    TOLERANCE of the current holder's: on the same test data, or else both graphs on the
+    test images neither version trained on (with the n and a 95 % interval)."""
     from sightwise.registry.promote import promote as do_promote
 
-    res = do_promote(name, version, alias=alias, force=force, tolerance=tolerance, reason=reason)
+    shadow = None
+    if require_shadow:
+        from sightwise.pipeline.shadow import shadow_summary
+
+        shadow = shadow_summary(name, version)
+    res = do_promote(name, version, alias=alias, force=force, tolerance=tolerance, reason=reason,
+                     require_shadow=require_shadow, shadow=shadow)
     if res["action"] == "none":
         typer.echo(res["message"])
         return
     src = f"v{res['from']}" if res["from"] is not None else "(none)"
     typer.echo(f"{name}@{alias}: {src} -> v{res['to']}")
+    for check in res["checks"]:
+        if check["check"] in ("shadow", "macro-f1") and check["passed"]:
+            typer.echo(f"  {check['message']}")
     if res["forced"]:
         typer.echo("FORCED past: " + "; ".join(res["overridden"]), err=True)
 
