@@ -18,7 +18,7 @@
    (with provenance), retrains, compares v2 with v1 on the test images neither trained on,
    gates, registers, moves staging.
 6. TODO(serve): shadow -- `sightwise serve --model neu-loop@production --shadow
-   neu-loop@staging` writes sightwise.pipeline.shadow records; add `[shadow] min_records`
+   neu-loop@staging` writes sightwise.shadowlog records; add `[shadow] min_records`
    to the TOML and the pipeline waits for them before production. Until then the TOML has
    no [shadow] section and v2 goes from staging to production on its gates.
 7. TODO(serve): the running server hot-swaps to v2 (it watches NAME@production) without a

@@ -24,7 +24,7 @@ SRC = Path(sightwise.__file__).parent
 
 # Layer of each subpackage / top-level module; shared plain modules sit at the bottom.
 LAYERS = {
-    "types": 0, "errors": 0, "cli_errors": 0, "config": 0, "core": 0,
+    "types": 0, "errors": 0, "cli_errors": 0, "config": 0, "core": 0, "shadowlog": 1,
     "bundle": 1, "heatmap": 1, "data": 1, "models": 2,
     "train": 3, "evaluate": 3, "baselines": 3, "synth": 3,
     "export": 4, "registry": 5,

@@ -176,7 +176,7 @@ def test_the_audit_gate_stops_before_training(project):
 
 
 def test_the_shadow_stage_waits_for_n_live_predictions(project):
-    from sightwise.pipeline.shadow import ShadowWriter, shadow_record
+    from sightwise.shadowlog import ShadowWriter, shadow_record
 
     project.edit('name = "steel"', 'name = "steel"\n[shadow]\nmin_records = 3\nmin_agreement = 0.5')
     s = _run(project)

@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from sightwise.pipeline.shadow import (
+from sightwise.shadowlog import (
     ShadowWriter,
     read_shadow,
     shadow_dir,

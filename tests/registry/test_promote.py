@@ -335,7 +335,7 @@ def test_paired_bootstrap_against_scikit_learn():
 
 
 def test_require_shadow_counts_the_candidates_live_predictions(registered):
-    from sightwise.pipeline.shadow import ShadowWriter, shadow_record, shadow_summary
+    from sightwise.shadowlog import ShadowWriter, shadow_record, shadow_summary
 
     promote("m", 1)
     with ShadowWriter("m") as w:
@@ -355,7 +355,7 @@ def test_require_shadow_counts_the_candidates_live_predictions(registered):
 def test_require_shadow_on_the_command_line(registered):
     from typer.testing import CliRunner
 
-    from sightwise.pipeline.shadow import ShadowWriter, shadow_record
+    from sightwise.shadowlog import ShadowWriter, shadow_record
     from sightwise.registry.cli import models_app
 
     runner = CliRunner()

@@ -245,6 +245,10 @@ def export_run(ctx: Context) -> dict:
                       progress=ctx.progress)
     except ParityError:
         pass  # the bundle is marked; the parity gate below fails and names why
+    else:
+        from sightwise.workflows import add_reference
+
+        add_reference(ctx.bundle_dir, log=ctx.log)  # the drift profile the monitor needs
     report = json.loads((ctx.bundle_dir / "parity.json").read_text(encoding="utf-8"))
     failed = [c["message"] for c in report["checks"] if not c["passed"]]
     fp32 = report["fp32"]
@@ -383,7 +387,7 @@ def staging_run(ctx: Context) -> dict:
 
 
 def shadow_inputs(ctx: Context, prev: dict | None) -> dict:
-    from sightwise.pipeline.shadow import shadow_dir
+    from sightwise.shadowlog import shadow_dir
 
     folder = shadow_dir(ctx.spec.name)
     return {"name": ctx.spec.name, "version": _version(ctx), "shadow": dict(ctx.spec.shadow),
@@ -394,7 +398,7 @@ def shadow_inputs(ctx: Context, prev: dict | None) -> dict:
 
 def shadow_run(ctx: Context) -> dict:
     from sightwise.bundle import load_bundle
-    from sightwise.pipeline.shadow import shadow_summary
+    from sightwise.shadowlog import shadow_summary
 
     labels = {r["sha256"]: r["label"] for r in _manifest_rows(ctx.manifest) if r["sha256"]}
     summary = shadow_summary(ctx.spec.name, _version(ctx), labels=labels)

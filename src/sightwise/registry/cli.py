@@ -115,7 +115,7 @@ def promote(
 
     shadow = None
     if require_shadow:
-        from sightwise.pipeline.shadow import shadow_summary
+        from sightwise.shadowlog import shadow_summary
 
         shadow = shadow_summary(name, version)
     res = do_promote(name, version, alias=alias, force=force, tolerance=tolerance, reason=reason,

@@ -426,7 +426,7 @@ def promote(name: str, version: int, *, alias: str = DEFAULT_ALIAS, force: bool 
 
     `against`: the alias whose holder the candidate is compared with (default ALIAS itself;
     the pipeline moves `staging` comparing against `production`). `require_shadow`: at
-    least that many shadow predictions in `shadow` (a `sightwise.pipeline.shadow`
+    least that many shadow predictions in `shadow` (a `sightwise.shadowlog`
     summary)."""
     validate_name(name)
     validate_alias(alias)
