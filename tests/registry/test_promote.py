@@ -355,8 +355,8 @@ def test_require_shadow_counts_the_candidates_live_predictions(registered):
 def test_require_shadow_on_the_command_line(registered):
     from typer.testing import CliRunner
 
-    from sightwise.shadowlog import ShadowWriter, shadow_record
     from sightwise.registry.cli import models_app
+    from sightwise.shadowlog import ShadowWriter, shadow_record
 
     runner = CliRunner()
     assert runner.invoke(models_app, ["promote", "m", "1"]).exit_code == 0
