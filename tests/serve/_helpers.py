@@ -38,8 +38,11 @@ LOCAL = "http://127.0.0.1:8000"
 
 def app_for(bundle=None, **settings):
     """create_app for `bundle` with ServeSettings(**settings); `token`, `watch` and
-    `observers` go to create_app."""
+    `observers` go to create_app. The prediction log (on by default in the product) is off
+    unless a test asks for it (`log=True`): these in-process apps are many and short-lived;
+    tests/monitor/test_serve_log.py tests the log, and the subprocess servers keep it on."""
     extra = {k: settings.pop(k) for k in ("token", "watch", "observers") if k in settings}
+    settings.setdefault("log", False)
     return create_app(ServeSettings(bundle=str(bundle) if bundle else None, **settings), **extra)
 
 
