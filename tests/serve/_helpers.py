@@ -142,14 +142,15 @@ class LiveServer:
         return self.log_text()[-3000:]
 
 
-def start_server(log_dir: Path, *, registry_file: Path | None = None, env: dict | None = None,
+def start_server(workdir: Path, *, registry_file: Path | None = None, env: dict | None = None,
                  **kwargs) -> LiveServer:
-    """serve_main(**kwargs) on a free loopback port in a subprocess; waits for /readyz."""
+    """serve_main(**kwargs) on a free loopback port in a subprocess (its output in
+    `workdir`); waits for /readyz."""
     port = free_port()
     cfg = {"host": "127.0.0.1", "port": port, "log_level": "warning", **kwargs}
     if registry_file is not None:
         cfg["registry_file"] = str(registry_file)
-    log = log_dir / f"server-{port}.log"
+    log = workdir / f"server-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(cfg)],
