@@ -148,6 +148,10 @@ def start_server(workdir: Path, *, registry_file: Path | None = None, env: dict 
     `workdir`); waits for /readyz."""
     port = free_port()
     cfg = {"host": "127.0.0.1", "port": port, "log_level": "warning", **kwargs}
+    if cfg.get("log", True) and "log_dir" not in cfg:
+        # The prediction log stays on (the product's default) but in the test's folder: a
+        # module-scoped server starts before the per-test $SIGHTWISE_HOME is set.
+        cfg["log_dir"] = str(workdir / f"predictions-{port}")
     if registry_file is not None:
         cfg["registry_file"] = str(registry_file)
     log = workdir / f"server-{port}.log"
