@@ -133,18 +133,26 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
         state.metrics.watch_monitoring(monitoring, audit)
         if audit is not None:
             audit.model_version = state.current_version
-        if bundle is not None:
-            if not state.slot.swap_to(version if version is not None else local_version(bundle),
-                                      bundle):
-                raise BundleError(state.slot.last_error["message"] if state.slot.last_error
-                                  else "the model did not load")
-        elif state.watcher is not None:
-            state.watcher.check()  # not ready until this (or a later poll) loads a model
+        _load_first_model(state, bundle, version)
     except BaseException:
-        if monitoring is not None:
+        if monitoring is not None:  # its writer thread would outlive the failed start
             monitoring.close(timeout=1.0)
         raise
+    return _assemble(state, settings, token)
 
+
+def _load_first_model(state: ServeState, bundle: Path | None, version) -> None:
+    if bundle is not None:
+        if not state.slot.swap_to(version if version is not None else local_version(bundle),
+                                  bundle):
+            raise BundleError(state.slot.last_error["message"] if state.slot.last_error
+                              else "the model did not load")
+    elif state.watcher is not None:
+        state.watcher.check()  # not ready until this (or a later poll) loads a model
+
+
+def _assemble(state: ServeState, settings: ServeSettings, token: str | None) -> FastAPI:
+    """The FastAPI app around `state`: routers, static files, the middleware stack."""
     app = FastAPI(title="Sightwise", version="1", lifespan=_lifespan(state), docs_url=None,
                   redoc_url=None, description="Image classification with calibrated "
                   "probabilities and class activation maps, served from an ONNX bundle.")
@@ -168,7 +176,7 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionMiddleware, gate=state.pipeline.gate)
     app.add_middleware(TokenGate, token=token, require_for_api=settings.require_token)
-    app.add_middleware(AuditMiddleware, audit=audit, protected=always_protected)
+    app.add_middleware(AuditMiddleware, audit=state.audit, protected=always_protected)
     app.add_middleware(HostCheck, names=settings.host_allowlist())
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

@@ -74,7 +74,7 @@ def register(app: typer.Typer) -> None:
                                "the log (metadata stripped, DICOM de-identified) for the "
                                "labelling queue; otherwise uploads never touch the disk.")] = False,
         blur_faces: Annotated[bool, typer.Option("--blur-faces", help="Blur faces in kept "
-                              "images (needs sightwise[faces]).")] = False,
+                              "images (needs the faces extra).")] = False,
         retain: Annotated[str, typer.Option(help="Remove records and kept images older than "
                           "this (e.g. 30d, 12h).")] = D.retain,
         log_max_size: Annotated[str, typer.Option(help="Then the oldest, beyond this size "
