@@ -89,6 +89,17 @@ def trained_run(tmp_path_factory):
     return data, run
 
 
+def pytest_configure(config):
+    """Module- and session-scoped fixtures run outside any test's monkeypatch: give the
+    whole session a store of its own too, so nothing reaches the user's ~/.sightwise."""
+    import os
+    import tempfile
+
+    os.environ["SIGHTWISE_HOME"] = tempfile.mkdtemp(prefix="sightwise-tests-home-")
+    os.environ["SIGHTWISE_TRACKING"] = "0"
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_store(monkeypatch, tmp_path_factory):
     """No test writes MLflow runs into the user's ~/.sightwise (registry tests opt back in)."""

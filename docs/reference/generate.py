@@ -206,7 +206,7 @@ def build_app():
     try:
         with mock.patch("sightwise.serve.search_routes.load_search"), \
                 mock.patch("sightwise.serve.inspect_routes.Detector"):
-            return create_app(ServeSettings(index="INDEX", detector="DETECTOR"),
+            return create_app(ServeSettings(index="INDEX", detector="DETECTOR", log=False),
                               watch=lambda: None)
     except (AttributeError, ModuleNotFoundError) as exc:  # the loaders moved: say where to look
         raise SystemExit(f"generate.py: cannot stub the search/inspect loaders ({exc}); "

@@ -38,8 +38,11 @@ LOCAL = "http://127.0.0.1:8000"
 
 def app_for(bundle=None, **settings):
     """create_app for `bundle` with ServeSettings(**settings); `token`, `watch` and
-    `observers` go to create_app."""
+    `observers` go to create_app. The prediction log (on by default in the product) is off
+    unless a test asks for it (`log=True`): these in-process apps are many and short-lived;
+    tests/monitor/test_serve_log.py tests the log, and the subprocess servers keep it on."""
     extra = {k: settings.pop(k) for k in ("token", "watch", "observers") if k in settings}
+    settings.setdefault("log", False)
     return create_app(ServeSettings(bundle=str(bundle) if bundle else None, **settings), **extra)
 
 
@@ -139,14 +142,19 @@ class LiveServer:
         return self.log_text()[-3000:]
 
 
-def start_server(log_dir: Path, *, registry_file: Path | None = None, env: dict | None = None,
+def start_server(workdir: Path, *, registry_file: Path | None = None, env: dict | None = None,
                  **kwargs) -> LiveServer:
-    """serve_main(**kwargs) on a free loopback port in a subprocess; waits for /readyz."""
+    """serve_main(**kwargs) on a free loopback port in a subprocess (its output in
+    `workdir`); waits for /readyz."""
     port = free_port()
     cfg = {"host": "127.0.0.1", "port": port, "log_level": "warning", **kwargs}
+    if cfg.get("log", True) and "log_dir" not in cfg:
+        # The prediction log stays on (the product's default) but in the test's folder: a
+        # module-scoped server starts before the per-test $SIGHTWISE_HOME is set.
+        cfg["log_dir"] = str(workdir / f"predictions-{port}")
     if registry_file is not None:
         cfg["registry_file"] = str(registry_file)
-    log = log_dir / f"server-{port}.log"
+    log = workdir / f"server-{port}.log"
     full_env = {**os.environ, **(env or {})}
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", SERVER_SCRIPT, json.dumps(cfg)],

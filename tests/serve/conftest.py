@@ -86,3 +86,17 @@ def live_server(tmp_path):
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def monitored_bundle(served_bundle, tmp_path_factory) -> Path:
+    """A copy of the served bundle with its drift reference (reference.npz), as `sightwise
+    train` writes it: what the prediction log's live monitor tests windows against."""
+    import shutil
+
+    from sightwise.monitor.reference import build_reference
+
+    dst = tmp_path_factory.mktemp("monitored") / "bundle"
+    shutil.copytree(served_bundle, dst)
+    build_reference(dst, components=8, log=lambda _m: None)
+    return dst

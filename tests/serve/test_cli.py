@@ -34,7 +34,9 @@ def _run(cli, *args):
 
 # CLI option -> settings field, where the names differ; and the fields with no option.
 RENAMED = {"timeout": "request_timeout_s", "header_timeout": "header_timeout_s",
-           "watch_interval": "watch_interval_s"}
+           "watch_interval": "watch_interval_s", "log": "log_dir", "queue": "queue_dir"}
+# Flags that turn a setting that is on by default off (--no-log: log=False).
+INVERTED = {"no_log": "log"}
 NOT_ON_THE_CLI = {"name", "version", "token_env", "keep_alive_s", "retry_after_s"}
 
 
@@ -46,9 +48,14 @@ def test_every_option_is_a_setting_with_the_settings_default(cli):
     defaults = {f.name: f.default for f in dataclasses.fields(ServeSettings)}
     options = {}
     for param in command.params:
+        if param.name in INVERTED:
+            field = INVERTED[param.name]
+            assert defaults[field] is True and param.default is False, param.name
+            continue
         field = RENAMED.get(param.name, param.name)
         assert field in defaults, f"--{param.name} is not a setting"
         options[field] = param.default
+    options["log"] = True
     assert set(defaults) == set(options) | NOT_ON_THE_CLI
     for field, default in options.items():
         want = defaults[field]

@@ -71,3 +71,61 @@ def test_a_slow_observer_never_holds_up_an_answer(served_bundle, sample_images):
         for _ in range(3):  # answered while the observer is still stuck on the first event
             assert c.post("/v1/predict", files=files(sample_images[0])).status_code == 200
         gate.set()
+
+
+def _event(i: int, data: bytes | None = None):
+    from sightwise.serve.observers import PredictionEvent
+
+    return PredictionEvent("m", 1, f"{i}.png", np.array([0.5, 0.5]), None, f"{i:064x}", 0.001,
+                           time.time(), image_bytes=data)
+
+
+def test_a_stuck_observer_loses_only_its_own_events_and_its_queue_is_bounded():
+    """Each observer has its own queue (here 2 events) and thread: while one is stuck,
+    the other gets every event; the stuck one's extra events are dropped and counted."""
+    from sightwise.serve.observers import Observers
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def stuck(event):
+        entered.set()
+        gate.wait(60)
+
+    rec = Recorder()
+    observers = Observers([stuck, rec], max_queue=2)
+    observers.start()
+    try:
+        observers.notify([_event(0)])
+        assert entered.wait(30)  # the first event is being handled: the queue is empty
+        observers.notify([_event(i) for i in range(1, 5)])  # 2 fit, 2 do not
+        _wait_for(lambda: len(rec.events) == 5)
+        status = observers.status()
+        assert status["stuck"] == {"delivered": 0, "dropped": 2, "errors": 0, "pending": 2}
+        assert status["Recorder"]["dropped"] == 0 and observers.counts["dropped"] == 2
+    finally:
+        gate.set()
+        observers.close(timeout=30)
+    assert observers.status()["stuck"]["delivered"] == 3
+
+
+def test_image_bytes_in_a_queue_are_bounded():
+    from sightwise.serve.observers import Observers
+
+    entered, gate = threading.Event(), threading.Event()
+
+    def keeper(event):
+        entered.set()
+        gate.wait(60)
+
+    keeper.wants_image_bytes = True
+    observers = Observers([keeper], max_queue=100, max_queue_bytes=250)
+    assert observers.wants_image_bytes and not observers.wants_embedding
+    observers.start()
+    try:
+        observers.notify([_event(0, bytes(100))])
+        assert entered.wait(30)
+        observers.notify([_event(i, bytes(100)) for i in range(1, 5)])  # 200 bytes fit
+        assert observers.status()["keeper"]["dropped"] == 2
+    finally:
+        gate.set()
+        observers.close(timeout=30)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import httpx
 import pytest
-from sw_serve_helpers import bundle_version, files
+from PIL import Image
+from sw_serve_helpers import AUTH, TOKEN, bundle_version, encode, files
 
 from sightwise.bundle import load_bundle, write_bundle_meta
 
@@ -171,5 +173,51 @@ def test_a_served_detector_shows_verdict_and_heat_map(browser, live_server, serv
     assert height > width * expected["height"] / expected["width"]
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "serve-page-detector.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_with_a_token_the_page_shows_the_drift_chart(browser, live_server, monitored_bundle,
+                                                     sw_base, tmp_path):
+    """The drift monitor is for token holders: hidden without one; with it, the status of
+    the last window (an alert, after a clean window and two noisy ones) and the chart."""
+    import numpy as np
+
+    from sightwise.data.decode import decode_image
+
+    server = live_server(bundle=str(monitored_bundle), monitor_window=10,
+                         log_dir=str(tmp_path / "log"), env={"SIGHTWISE_TOKEN": TOKEN})
+    paths = sorted((sw_base / "data").glob("*/*.png"))
+    rng = np.random.default_rng(0)
+    paths = [paths[i] for i in rng.permutation(len(paths))[:30]]
+    for i, path in enumerate(paths):
+        data = path.read_bytes()
+        if i >= 10:  # the last 20 under heavy noise: two drifted windows, an alert
+            a = np.asarray(decode_image(data)).astype(float) + rng.normal(0, 90, (40, 40, 3))
+            data = encode(Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)), "PNG")
+        assert httpx.post(server.url + "/v1/predict", files=files((path.name, data)),
+                          timeout=30).status_code == 200
+    deadline = time.monotonic() + 60
+    while len(server.get("/v1/monitor", headers=AUTH).json()["windows"]) < 3:
+        assert time.monotonic() < deadline, "three windows not tested in time"
+        time.sleep(0.1)
+
+    page = browser.new_page(viewport={"width": 900, "height": 1400})
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.goto(server.url + "/")
+    page.get_by_text("Access token").click()  # open the <details> holding the field
+    assert page.locator("#monitor-section").is_hidden()
+    page.get_by_label("Bearer token").fill(TOKEN)
+    page.get_by_label("Bearer token").press("Tab")  # the change event
+    status = page.locator("#monitor-status")
+    sync_api.expect(status).to_contain_text("3 window(s) of 10 predictions", timeout=20_000)
+    sync_api.expect(status).to_contain_text("ALERT")
+    assert status.get_attribute("data-alert") == "yes"
+    sync_api.expect(page.locator("#monitor-chart")).to_be_visible(timeout=20_000)
+    page.wait_for_function("document.getElementById('monitor-chart').naturalWidth > 0")
+    assert page.evaluate("document.getElementById('monitor-chart').naturalWidth") == 560
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.locator("#monitor-section").screenshot(path=str(ARTIFACTS / "serve-page-monitor.png"))
     assert not errors, errors
     page.close()

@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from dataclasses import asdict
+from collections import OrderedDict, deque
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,98 +86,129 @@ def record_from_prediction(*, model: str, version, probs, embedding=None,
                         sources=None if source is None else [source], t=t)[0]
 
 
+@dataclass
+class _Stream:
+    """The windows of one model version against its reference."""
+
+    ref_id: str
+    version: str | None
+    model: str | None
+    tester: WindowTester
+    windows: deque
+    recent: deque                      # (window, records) of the last alert_of windows
+    current: list = field(default_factory=list)
+    index: int = 0
+
+
 class LiveMonitor:
-    """Tumbling windows over the records as they are written; tests each full window."""
+    """Tumbling windows over the records as they are written; tests each full window.
+
+    Each (reference, model version) has its windows of its own: a new version's
+    probabilities and embeddings are not comparable with the old one's, and around a hot
+    swap the two versions' records interleave for a moment, so each goes to its own
+    windows and neither is cut short. `summary()` shows the version of the latest record.
+    """
+
+    MAX_STREAMS = 8  # versions kept at once; the least recently seen goes first
 
     def __init__(self, config: MonitorConfig = DEFAULT_CONFIG, *, queue_dir=None,
                  webhook: str | None = None, log_dir=None, history: int = 500):
         self.config, self.queue_dir, self.webhook = config, queue_dir, webhook
         self.log_dir = log_dir
+        self.history = history
         self.references: dict[str, tuple[Reference, str]] = {}  # ref id -> (ref, model)
-        self.windows: deque = deque(maxlen=history)
         self.alerts = 0
         self._lock = threading.Lock()
-        self._current: list[dict] = []
-        self._ref_id: str | None = None
-        self._tester: WindowTester | None = None
-        self._recent_records: deque = deque(maxlen=config.alert_of)  # drifted windows' records
-        self._index = 0
+        self._streams: OrderedDict[tuple, _Stream] = OrderedDict()
+        self._active: _Stream | None = None
 
     def register(self, ref: Reference, model: str) -> None:
         self.references[ref.meta["id"]] = (ref, model)
+
+    @property
+    def windows(self) -> deque:
+        """The windows of the version seen last (empty before any)."""
+        return self._active.windows if self._active is not None else deque()
 
     def add(self, records: list[dict]) -> None:
         for rec in records:
             ref_id = rec.get("ref")
             if ref_id is None or ref_id not in self.references:
                 continue
-            if ref_id != self._ref_id:
-                self._switch(ref_id)
-            if self._current and rec["t"] - self._current[0]["t"] > self.config.max_age_s:
-                self._close(self._current)
-                self._current = []
-            self._current.append(rec)
-            if len(self._current) >= self.config.window:
-                self._close(self._current)
-                self._current = []
+            s = self._stream(ref_id, rec)
+            if s.current and rec["t"] - s.current[0]["t"] > self.config.max_age_s:
+                self._close(s, s.current)
+                s.current = []
+            s.current.append(rec)
+            if len(s.current) >= self.config.window:
+                self._close(s, s.current)
+                s.current = []
 
-    def _switch(self, ref_id: str) -> None:
-        """A new model version: its embeddings are not comparable with the old reference."""
-        ref, _ = self.references[ref_id]
-        self._ref_id, self._tester = ref_id, WindowTester(ref, self.config)
-        self._current = []
-        self._recent_records.clear()
-        with self._lock:
-            self.windows.clear()
+    def _stream(self, ref_id: str, rec: dict) -> _Stream:
+        key = (ref_id, rec.get("version"))
+        s = self._streams.get(key)
+        if s is None:
+            ref, _ = self.references[ref_id]
+            s = _Stream(ref_id, rec.get("version"), rec.get("model"),
+                        WindowTester(ref, self.config), deque(maxlen=self.history),
+                        deque(maxlen=self.config.alert_of))
+            with self._lock:
+                self._streams[key] = s
+                while len(self._streams) > self.MAX_STREAMS:
+                    self._streams.popitem(last=False)
+        self._streams.move_to_end(key)
+        self._active = s
+        return s
 
-    def _close(self, recs: list[dict]) -> None:
+    def _close(self, s: _Stream, recs: list[dict]) -> None:
         probs, proj, d2 = window_arrays(recs)
         if len(probs) < self.config.min_n:
             return
-        w = {"index": self._index, "start": recs[0]["t"], "end": recs[-1]["t"],
-             "complete": True, "reference": self._ref_id,
+        w = {"index": s.index, "start": recs[0]["t"], "end": recs[-1]["t"],
+             "complete": True, "reference": s.ref_id,
              "model": recs[-1].get("model"), "version": recs[-1].get("version"),
-             **self._tester.test(probs, proj, d2, seed=self.config.seed * 1_000_003 + self._index),
+             **s.tester.test(probs, proj, d2, seed=self.config.seed * 1_000_003 + s.index),
              "n": len(recs), "n_distinct": len(probs)}
-        self._index += 1
-        self._recent_records.append((w, recs))
+        s.index += 1
+        s.recent.append((w, recs))
         with self._lock:
-            before = bool(self.windows) and self.windows[-1]["alert"]
-            self.windows.append(w)
-            recent = [x["drift"] for x in list(self.windows)[-self.config.alert_of:]]
+            before = bool(s.windows) and s.windows[-1]["alert"]
+            s.windows.append(w)
+            recent = [x["drift"] for x in list(s.windows)[-self.config.alert_of:]]
             w["alert"] = sum(recent) >= self.config.alert_k
             w["alert_start"] = w["alert"] and not before
             self.alerts += int(w["alert_start"])
         if w["alert"]:
-            self._on_alert(w)
+            self._on_alert(s, w)
 
-    def _on_alert(self, w: dict) -> None:
-        ref, model = self.references[self._ref_id]
-        drifted = [(x, r) for x, r in self._recent_records if x["drift"]]
+    def _on_alert(self, s: _Stream, w: dict) -> None:
+        ref, model = self.references[s.ref_id]
+        drifted = [(x, r) for x, r in s.recent if x["drift"]]
+        classes = ref.meta.get("classes", [])
+        event = alert_event(w, [x for x, _ in drifted], model=model, version=w.get("version"),
+                            ref_id=s.ref_id, classes=classes)
         try:
             if self.queue_dir is not None and drifted:
                 records = [rec for _, recs in drifted for rec in recs]
                 where = {rec.get("sha256"): x["index"] for x, recs in drifted for rec in recs}
-                event = alert_event(w, [x for x, _ in drifted], model=model,
-                                    version=w.get("version"), ref_id=self._ref_id,
-                                    classes=ref.meta.get("classes", []))
                 write_queue_entry(self.queue_dir, event,
-                                  queue_items(records, where, ref.meta.get("classes", []), ref),
-                                  self.log_dir)
+                                  queue_items(records, where, classes, ref), self.log_dir)
         except Exception as exc:  # noqa: BLE001 - a queue failure must not stop monitoring
             log.warning("cannot write the labelling queue: %s", exc)
         if self.webhook and w["alert_start"]:
-            event = alert_event(w, [x for x, _ in drifted], model=model,
-                                version=w.get("version"), ref_id=self._ref_id,
-                                classes=ref.meta.get("classes", []))
             threading.Thread(target=post_webhook, args=(self.webhook, event), daemon=True).start()
 
     def summary(self, last: int = 50) -> dict:
+        """The windows of the version seen last, the alerts of all, and what is pending."""
         with self._lock:
-            windows = [strip(w) for w in list(self.windows)[-last:]]
+            s = self._active
+            windows = [strip(w) for w in list(s.windows)[-last:]] if s else []
             alerts = self.alerts
-        return {"windows": windows, "alerts": alerts, "reference": self._ref_id,
-                "pending": len(self._current), "config": asdict(self.config)}
+        ref = self.references[s.ref_id][0] if s else None
+        return {"windows": windows, "alerts": alerts, "reference": s.ref_id if s else None,
+                "model": s.model if s else None, "version": s.version if s else None,
+                "reference_accuracy": ref.stats.get("accuracy") if ref else None,
+                "pending": len(s.current) if s else 0, "config": asdict(self.config)}
 
 
 def strip(window: dict) -> dict:

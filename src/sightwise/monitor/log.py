@@ -105,6 +105,8 @@ def image_path(directory: str | Path, sha256: str, data: bytes) -> Path:
     ext = next((e for magic, e in _IMAGE_EXT if data.startswith(magic)), ".bin")
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         ext = ".webp"
+    elif data[128:132] == b"DICM":  # a kept DICOM upload (de-identified by the server)
+        ext = ".dcm"
     return Path(directory) / "images" / sha256[:2] / f"{sha256}{ext}"
 
 

@@ -40,11 +40,13 @@ def monitor_report(log_dir: str | Path, bundle: Bundle | str | Path, *,
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     ref = load_reference(b)
     ref_id = ref.meta["id"]
-    counts: dict = {"other_reference": 0, "records": 0}
+    counts: dict = {"other_reference": 0, "other_records": 0, "records": 0}
 
     def mine():
         for rec in read_records(log_dir, since=since, until=until, counts=counts):
-            if rec.get("ref") == ref_id:
+            if "probs" not in rec:  # not a prediction: e.g. a video event (watch --log)
+                counts["other_records"] += 1
+            elif rec.get("ref") == ref_id:
                 counts["records"] += 1
                 yield rec
             else:

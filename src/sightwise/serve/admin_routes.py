@@ -1,5 +1,7 @@
 """Admin routes (the bearer token is always required, checked by `TokenGate` before
-routing): POST /v1/admin/reload and GET /v1/admin/status.
+routing): POST /v1/admin/reload, GET /v1/admin/status and GET /v1/admin/audit (the audit
+log's tail and chain head, with --audit-log). With --audit-log every request to them is
+recorded (audit.py); a route adds what it did through `request.state.audit`.
 
 The status is where details the public answers leave out are shown: the full text of
 the last swap error (it names files), the bundle folder, the process id, the settings and
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 
 from sightwise.serve.schemas import ApiError, ErrorResponse, ReloadResponse
 from sightwise.serve.swap import local_version
@@ -24,7 +26,17 @@ def add_admin_routes(app: FastAPI) -> None:
     @app.post("/v1/admin/reload", response_model=ReloadResponse, responses=ADMIN_ERRORS,
                  summary="Reload now (token required): the watched alias, else the bundle folder")
     async def reload(request: Request):
-        return await anyio.to_thread.run_sync(_reload, request.app.state.sw)
+        state = request.app.state.sw
+        before = state.current_version()
+        request.state.audit = {"version_before": before}
+        try:
+            answer = await anyio.to_thread.run_sync(_reload, state)
+        except ApiError as exc:
+            request.state.audit = {"version_before": before, "error": exc.code}
+            raise
+        request.state.audit = {"version_before": before, "swapped": answer["swapped"],
+                               "version_after": state.current_version()}
+        return answer
 
     @app.get("/v1/admin/status", responses=ADMIN_ERRORS,
                 summary="Details for operators (token required): model, bundle folder, last "
@@ -32,6 +44,14 @@ def add_admin_routes(app: FastAPI) -> None:
     async def status(request: Request):
         return _status(request.app.state.sw)
 
+    @app.get("/v1/admin/audit", responses=ADMIN_ERRORS,
+             summary="The audit log's last records and its chain head (token required; "
+             "--audit-log): keep the head elsewhere to detect a cut tail later")
+    async def audit(request: Request, limit: int = Query(100, ge=1, le=1000)):
+        trail = request.app.state.sw.audit
+        if trail is None:
+            raise ApiError(409, "audit_off", "start the server with --audit-log PATH")
+        return await anyio.to_thread.run_sync(trail.tail, limit)
 
 
 def _reload(state) -> dict:
@@ -65,6 +85,10 @@ def _status(state) -> dict:
         "pixels_in_flight": pipeline.budget.in_use,
         "queue_depth": state.batcher.depth(),
         "connections": state.connections.status(),
-        "observers": {"count": len(state.observers.observers), **state.observers.counts},
+        "observers": {"count": len(state.observers.observers), **state.observers.counts,
+                      "each": state.observers.status()},
+        "prediction_log": state.monitoring.mlog.log.status() if state.monitoring else None,
+        "audit": ({"path": str(state.audit.log.path), **state.audit.counts}
+                  if state.audit else None),
         "settings": state.settings.public(),
     }

@@ -6,8 +6,11 @@ and Origin check -> token gate -> admission (503 at once when `max_queue` reques
 flight) -> body limit -> the route's router -> the shared pipeline (deadline, upload,
 decode within the pixel budget; pipeline.py) -> for predict/explain the batcher (one ONNX
 batch for requests arriving within the window) -> JSON naming the model version that
-computed it. Routers: page_routes (page, docs, probes, metrics), predict_routes,
-admin_routes, and with --index / --detector search_routes and inspect_routes.
+computed it -> prediction observers, off the request path (observers.py: the prediction
+log of monitoring.py, the audit trail of audit.py, any given to create_app). Routers:
+page_routes (page, docs, probes, metrics), predict_routes, admin_routes, monitor_routes,
+and with --index / --detector search_routes and inspect_routes. Requests to the admin and
+monitor routes are recorded by the audit middleware (audit.py) with --audit-log.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ from sightwise.core import parse_model_ref
 from sightwise.errors import BundleError, SightwiseError
 from sightwise.serve.admin_routes import add_admin_routes
 from sightwise.serve.admission import AdmissionMiddleware, BodyLimitMiddleware
-from sightwise.serve.auth import TOKEN_ENV, TokenGate
+from sightwise.serve.audit import AuditMiddleware, AuditObserver, ServeAudit
+from sightwise.serve.auth import TOKEN_ENV, TokenGate, always_protected, token_matches
 from sightwise.serve.batching import Batcher
 from sightwise.serve.connections import ConnectionTable
 from sightwise.serve.errors import install_error_handlers
 from sightwise.serve.hosts import HostCheck
 from sightwise.serve.metrics import MetricsMiddleware, ServeMetrics
+from sightwise.serve.monitor_routes import add_monitor_routes
+from sightwise.serve.monitoring import Monitoring, build_monitoring
 from sightwise.serve.observers import Observer, Observers
 from sightwise.serve.page_routes import add_page_routes
 from sightwise.serve.pages import STATIC_DIR, SecurityHeaders
@@ -69,6 +75,9 @@ class ServeState:
     connections: ConnectionTable
     observers: Observers
     started_at: str
+    monitoring: Monitoring | None = None  # --log (the default): the log and drift monitor
+    audit: ServeAudit | None = None       # --audit-log
+    token: str | None = None
 
     def model(self) -> LoadedModel:
         m = self.slot.current
@@ -76,6 +85,16 @@ class ServeState:
             raise ApiError(503, "not_ready", "no model is loaded yet",
                            {"Retry-After": str(self.settings.retry_after_s)})
         return m
+
+    def current_version(self) -> str | None:
+        m = self.slot.current
+        return None if m is None else str(m.version)
+
+    def token_id_of(self, authorization: str | None) -> str | None:
+        """The audit id of the request's token when it is the server's token, else None."""
+        if self.audit is None or not token_matches(authorization, self.token):
+            return None
+        return self.audit.token_id
 
 
 def create_app(settings: ServeSettings | None = None, *, token: str | None = None,
@@ -85,9 +104,10 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     The model comes from `settings.bundle` (served as `settings.version`, default
     `local-<sha>`), from `watch` (a function returning `(version, bundle folder)` or None,
     polled every `watch_interval_s` and swapped to when it changes), or from
-    `settings.model` (a registry reference, resolved here). `token` enables the admin
-    routes (and guards /v1 with `require_token`); `observers` are called with every
-    prediction, off the request path (observers.py).
+    `settings.model` (a registry reference, resolved here). `token` enables the admin and
+    monitor routes (and guards /v1 with `require_token`); `observers` are called with every
+    prediction, off the request path (observers.py), after the server's own (the
+    prediction log unless `settings.log` is False, the audit of predictions).
     """
     settings = settings or ServeSettings()
     if settings.require_token and not token:
@@ -100,7 +120,28 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     name, version, bundle, watch = _source(settings, watch)
     registry_name = parse_model_ref(settings.model)[0] if (
         settings.model is not None and settings.bundle is None) else None
-    state = _build_state(settings, name, bundle, version, watch, observers, registry_name)
+    # Checked before the model loads: an unwritable audit log or a missing extra for
+    # --blur-faces is one line at start-up, not a surprise at the first request.
+    audit = ServeAudit(settings.audit_log, token, lambda: None) if settings.audit_log else None
+    monitoring = build_monitoring(settings, name)
+    own = ([monitoring.observer] if monitoring else []) + (
+        [AuditObserver(audit)] if audit is not None and settings.audit_predictions else [])
+    try:
+        state = _build_state(settings, name, bundle, version, watch, [*own, *observers],
+                             registry_name)
+        state.monitoring, state.audit, state.token = monitoring, audit, token
+        state.metrics.watch_monitoring(monitoring, audit)
+        if audit is not None:
+            audit.model_version = state.current_version
+        _load_first_model(state, bundle, version)
+    except BaseException:
+        if monitoring is not None:  # its writer thread would outlive the failed start
+            monitoring.close(timeout=1.0)
+        raise
+    return _assemble(state, settings, token)
+
+
+def _load_first_model(state: ServeState, bundle: Path | None, version) -> None:
     if bundle is not None:
         if not state.slot.swap_to(version if version is not None else local_version(bundle),
                                   bundle):
@@ -109,6 +150,9 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     elif state.watcher is not None:
         state.watcher.check()  # not ready until this (or a later poll) loads a model
 
+
+def _assemble(state: ServeState, settings: ServeSettings, token: str | None) -> FastAPI:
+    """The FastAPI app around `state`: routers, static files, the middleware stack."""
     app = FastAPI(title="Sightwise", version="1", lifespan=_lifespan(state), docs_url=None,
                   redoc_url=None, description="Image classification with calibrated "
                   "probabilities and class activation maps, served from an ONNX bundle.")
@@ -117,6 +161,7 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     add_page_routes(app)
     add_predict_routes(app, state.pipeline)
     add_admin_routes(app)
+    add_monitor_routes(app)
     if settings.index is not None:  # POST /v1/search over a FAISS index
         from sightwise.serve.search_routes import add_search_routes
 
@@ -131,6 +176,7 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(AdmissionMiddleware, gate=state.pipeline.gate)
     app.add_middleware(TokenGate, token=token, require_for_api=settings.require_token)
+    app.add_middleware(AuditMiddleware, audit=state.audit, protected=always_protected)
     app.add_middleware(HostCheck, names=settings.host_allowlist())
     app.add_middleware(SecurityHeaders)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)
@@ -144,6 +190,9 @@ def _lifespan(state: ServeState):
         state.observers.start()
         if state.watcher is not None:
             state.watcher.start()
+        if state.audit is not None:
+            await anyio.to_thread.run_sync(lambda: state.audit.server("server.start",
+                                                                       pid=os.getpid()))
         yield
         # uvicorn has stopped accepting and waited for in-flight requests; drain the rest.
         state.pipeline.gate.closing = True
@@ -151,6 +200,11 @@ def _lifespan(state: ServeState):
             state.watcher.stop()
         await anyio.to_thread.run_sync(state.batcher.close)
         await anyio.to_thread.run_sync(state.observers.close)
+        if state.monitoring is not None:
+            await anyio.to_thread.run_sync(state.monitoring.close)
+        if state.audit is not None:
+            await anyio.to_thread.run_sync(lambda: state.audit.server("server.stop",
+                                                                       pid=os.getpid()))
 
     return lifespan
 
@@ -208,6 +262,7 @@ def _build_state(settings: ServeSettings, name: str, bundle: Path | None,
                                   settings.retry_after_s)
     observed = Observers(observers)
     pipeline.hash_uploads = bool(observed)
+    pipeline.keep_bytes = observed.wants_image_bytes  # --keep-images: held in memory only
     metrics.watch(connections, pipeline.budget, observed)
 
     def loader(n, v, path):

@@ -1,8 +1,10 @@
-"""Bearer-token gate: every admin route always, the prediction API with --require-token.
+"""Bearer-token gate: every admin and monitor route always, the prediction API with
+--require-token.
 
-The gate is ASGI middleware that runs before routing, so `/v1/admin/...` answers 401 for
-every HTTP method and every path under it, including ones that do not exist (a 405 or 404
-would tell an unauthenticated caller which routes exist). Tokens are compared with
+The gate is ASGI middleware that runs before routing, so `/v1/admin/...` and
+`/v1/monitor...` answer 401 for every HTTP method and every path under them, including
+ones that do not exist (a 405 or 404 would tell an unauthenticated caller which routes
+exist). Tokens are compared with
 `hmac.compare_digest` so the comparison time does not reveal how much of a guess matched.
 """
 
@@ -18,6 +20,8 @@ from sightwise.serve.schemas import ApiError
 from sightwise.serve.settings import TOKEN_ENV
 
 ADMIN_PREFIX = "/v1/admin"
+MONITOR_PREFIX = "/v1/monitor"  # drift results and the labelling queue's images: operators'
+ALWAYS_PROTECTED = (ADMIN_PREFIX, MONITOR_PREFIX)
 # With --require-token: everything under /v1 (predict, explain, model). The page, the
 # probes, the docs and /metrics stay open so a load balancer can check the process.
 PROTECTED_PREFIX = "/v1/"
@@ -60,6 +64,16 @@ def token_matches(authorization: str | None, token: str | None) -> bool:
     return hmac.compare_digest(given.strip().encode("utf-8"), token.encode("utf-8"))
 
 
+def always_protected(path: str) -> bool:
+    """True for the paths that need the token whatever the settings.
+
+    >>> [always_protected(p) for p in ("/v1/admin", "/v1/monitor/plot.png", "/v1/monitoring",
+    ...                                "/v1/predict")]
+    [True, True, False, False]
+    """
+    return any(path == p or path.startswith(p + "/") for p in ALWAYS_PROTECTED)
+
+
 class TokenGate:
     """ASGI middleware answering 401 before routing for protected paths."""
 
@@ -67,9 +81,8 @@ class TokenGate:
         self.app, self.token, self.require_for_api = app, token, require_for_api
 
     def _protected(self, path: str) -> bool:
-        if path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/"):
-            return True
-        return self.require_for_api and path.startswith(PROTECTED_PREFIX)
+        return always_protected(path) or (
+            self.require_for_api and path.startswith(PROTECTED_PREFIX))
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self._protected(scope["path"]):
@@ -79,8 +92,8 @@ class TokenGate:
         if token_matches(header, self.token):
             return await self.app(scope, receive, send)
         if self.token is None:
-            err = ApiError(401, "unauthorized", f"admin routes are disabled: start the server "
-                           f"with {TOKEN_ENV} set or --token-file")
+            err = ApiError(401, "unauthorized", f"admin and monitor routes are disabled: start "
+                           f"the server with {TOKEN_ENV} set or --token-file")
         else:
             err = ApiError(401, "unauthorized", "missing or wrong bearer token")
         err.headers["WWW-Authenticate"] = 'Bearer realm="sightwise"'

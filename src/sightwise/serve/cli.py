@@ -65,10 +65,37 @@ def register(app: typer.Typer) -> None:
         detector: Annotated[str | None, typer.Option("--detector", help="Defect detector bundle "
                                                      "for POST /v1/inspect.")] = None,
         log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = D.log_level,
+        log: Annotated[str | None, typer.Option("--log", help="Prediction log folder (default: "
+                       "$SIGHTWISE_HOME/logs/<model>); every prediction is recorded and "
+                       "tested for drift.")] = None,
+        no_log: Annotated[bool, typer.Option("--no-log", help="Record nothing: no prediction "
+                          "log, no drift monitor.")] = False,
+        keep_images: Annotated[bool, typer.Option("--keep-images", help="Keep each upload in "
+                               "the log (metadata stripped, DICOM de-identified) for the "
+                               "labelling queue; otherwise uploads never touch the disk.")] = False,
+        blur_faces: Annotated[bool, typer.Option("--blur-faces", help="Blur faces in kept "
+                              "images (needs the faces extra).")] = False,
+        retain: Annotated[str, typer.Option(help="Remove records and kept images older than "
+                          "this (e.g. 30d, 12h).")] = D.retain,
+        log_max_size: Annotated[str, typer.Option(help="Then the oldest, beyond this size "
+                                "(e.g. 500MB, 2GB).")] = D.log_max_size,
+        monitor_window: Annotated[int, typer.Option(help="Predictions per drift-test "
+                                  "window.")] = D.monitor_window,
+        alert_webhook: Annotated[str | None, typer.Option("--alert-webhook", help="POST each "
+                                 "drift alert as JSON to this URL.")] = None,
+        queue: Annotated[str | None, typer.Option("--queue", help="Labelling queue folder for "
+                         "alerts (default: <log>/labelling-queue).")] = None,
+        audit_log: Annotated[str | None, typer.Option("--audit-log", help="Hash-chained audit "
+                             "log of every admin and monitor request (verify with `sightwise "
+                             "privacy verify-audit`).")] = None,
+        audit_predictions: Annotated[bool, typer.Option("--audit-predictions", help="Record "
+                                     "every prediction in the audit log too.")] = False,
     ) -> None:
         """Serve the HTTP API (/v1, docs at /docs) and the web page; ONNX Runtime only, no torch."""
         from sightwise.serve.runner import serve_main
 
+        if no_log and log:
+            raise ValueError("--log DIR and --no-log: choose one")
         serve_main(ServeSettings(
             bundle=bundle, model=model, index=index, detector=detector, host=host, port=port,
             allowed_hosts=parse_hosts(allowed_hosts), forwarded_allow_ips=forwarded_allow_ips,
@@ -78,4 +105,8 @@ def register(app: typer.Typer) -> None:
             max_pixels=max_pixels, max_pixels_in_flight=max_pixels_in_flight,
             max_queue=max_queue, request_timeout_s=timeout, max_batch=max_batch,
             batch_window_ms=batch_window_ms, threads=threads, workers=workers,
-            watch_interval_s=watch_interval, log_level=log_level))
+            watch_interval_s=watch_interval, log_level=log_level, log=not no_log, log_dir=log,
+            keep_images=keep_images, blur_faces=blur_faces, retain=retain,
+            log_max_size=log_max_size, monitor_window=monitor_window,
+            alert_webhook=alert_webhook, queue_dir=queue, audit_log=audit_log,
+            audit_predictions=audit_predictions))

@@ -47,6 +47,11 @@ class ServeMetrics:
         """Export the connection table's, the decode budget's and the observers' counts."""
         self.registry.register(_Counts(connections, budget, observers))
 
+    def watch_monitoring(self, monitoring, audit) -> None:
+        """Export the drift monitor's gauges and the audit trail's counts (either may be
+        None: --no-log, no --audit-log)."""
+        self.registry.register(_Monitoring(monitoring, audit))
+
     def set_model(self, name: str, version) -> None:
         if self._model_labels is not None:
             self.model.remove(*self._model_labels)
@@ -78,6 +83,54 @@ class _Counts:
         for outcome in ("delivered", "dropped", "errors"):
             observed.add_metric([outcome], self.observers.counts[outcome])
         yield observed
+        lanes = CounterMetricFamily("sightwise_observer_lane_events", "Prediction events by "
+                                    "observer and outcome", labels=["observer", "outcome"])
+        for name, counts in self.observers.status().items():
+            for outcome in ("delivered", "dropped", "errors"):
+                lanes.add_metric([name, outcome], counts[outcome])
+        yield lanes
+
+
+GAUGE_HELP = {
+    "sightwise_monitor_p_value": "Family-wise drift p-value of the last tested window",
+    "sightwise_monitor_estimated_accuracy_atc": "Label-free accuracy estimate (ATC) of the "
+                                                "last tested window",
+    "sightwise_monitor_estimated_accuracy_confidence": "Mean max calibrated probability of "
+                                                       "the last tested window",
+    "sightwise_monitor_drift": "1 when the last tested window drifted",
+    "sightwise_monitor_alert": "1 while a drift alert holds (2 of the last 3 windows)",
+    "sightwise_monitor_alerts_total": "Drift alerts raised since start",
+    "sightwise_monitor_log_lag_seconds": "Age of the oldest prediction record not yet on disk",
+    "sightwise_monitor_log_dropped_total": "Prediction records dropped by the log (queue "
+                                           "full, write errors)",
+}
+
+
+class _Monitoring:
+    """The live monitor's gauges (NaN until a window is tested) and the audit counts."""
+
+    def __init__(self, monitoring, audit):
+        self.monitoring, self.audit = monitoring, audit
+
+    def collect(self):
+        if self.monitoring is not None:
+            for name, value in self.monitoring.mlog.gauges().items():
+                yield GaugeMetricFamily(name, GAUGE_HELP.get(name, name.replace("_", " ")),
+                                        value=value)
+            cleaner = self.monitoring.observer.cleaner
+            if cleaner is not None:
+                kept = CounterMetricFamily("sightwise_monitor_images", "Uploads kept "
+                                           "(cleaned) or not kept (could not be cleaned)",
+                                           labels=["outcome"])
+                for outcome in ("kept", "not_kept"):
+                    kept.add_metric([outcome], cleaner.counts[outcome])
+                yield kept
+        if self.audit is not None:
+            records = CounterMetricFamily("sightwise_audit_records", "Audit records by outcome",
+                                          labels=["outcome"])
+            for outcome in ("written", "errors", "suppressed"):
+                records.add_metric([outcome], self.audit.counts[outcome])
+            yield records
 
 
 def route_label(scope, known_paths: frozenset[str] = frozenset()) -> str:

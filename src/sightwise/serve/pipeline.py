@@ -43,6 +43,7 @@ class Item:
     display: Image.Image | None   # at most OVERLAY_MAX_SIDE a side, when asked for
     sha256: str | None            # of the upload's bytes, when observers want it
     pixels: int
+    data: bytes | None = None     # the upload itself, only when an observer keeps images
 
 
 @dataclass
@@ -60,6 +61,7 @@ class Pipeline:
         # Decode threads at once; the pixel budget bounds their memory.
         self.limiter = anyio.CapacityLimiter(max(2, os.cpu_count() or 1))
         self.hash_uploads = False  # set when an observer wants each image's sha256
+        self.keep_bytes = False    # set when an observer wants the uploads (--keep-images)
 
     def route(self, path: str) -> None:
         """Put `path` behind the admission gate."""
@@ -134,7 +136,8 @@ class Pipeline:
             value = prepare(image)
             shown = thumbnail(image) if display else None
             sha = sha256_bytes(up.data) if self.hash_uploads else None
-            return Item(up.filename, value, shown, sha, hold.n)
+            return Item(up.filename, value, shown, sha, hold.n,
+                        up.data if self.keep_bytes else None)
         finally:
             hold.release()
 

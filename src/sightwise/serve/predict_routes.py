@@ -54,7 +54,7 @@ def add_predict_routes(app: FastAPI, pipeline: Pipeline) -> None:
         model = state.model()  # the whole request is answered by this version, even mid-swap
 
         async def answer(items, t0):
-            return await _predict_answer(state, model, items, t0, top_k)
+            return await _predict_answer(state, model, items, t0, top_k, request)
 
         return await state.pipeline.run(request, answer, prepare=model.prepare)
 
@@ -102,19 +102,23 @@ async def batched(state, key, payloads: list) -> tuple[list, list[float]]:
     return results, done
 
 
-async def _predict_answer(state, model, items, t0: float, top_k: int) -> dict:
+async def _predict_answer(state, model, items, t0: float, top_k: int, request) -> dict:
     kind = "predict+embedding" if state.observers.wants_embedding else "predict"
     answers, done = await batched(state, (model, kind), [it.value for it in items])
     results, events = [], []
+    if state.observers:  # who asked, for the audit trail (the token only as its hash)
+        client = request.client.host if request.client else None
+        tid = state.token_id_of(request.headers.get("authorization"))
     for item, (probs, embedding), t in zip(items, answers, done, strict=True):
         order = top_k_indices(probs, top_k)
         results.append({"filename": item.filename, "ms": round((t - t0) * 1000, 2),
                         "predictions": [{"label": model.classes[c], "probability": float(probs[c])}
                                         for c in order]})
         if state.observers:
-            events.append(PredictionEvent(model.name, model.version, item.filename, probs,
-                                          embedding, item.sha256 or "", t - t0, time.time(),
-                                          item.value))
+            events.append(PredictionEvent(
+                model.name, model.version, item.filename, probs, embedding, item.sha256 or "",
+                t - t0, time.time(), item.value, image_bytes=item.data, bundle_path=model.path,
+                client=client, token_id=tid, classes=model.classes))
     if events:
         state.observers.notify(events)  # queued: the answer never waits for an observer
     return {"model": model.ref(), "results": results}

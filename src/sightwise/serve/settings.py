@@ -67,6 +67,21 @@ class ServeSettings:
     watch_interval_s: float = 5.0
     log_level: str = "info"
 
+    # -- the prediction log and the drift monitor (docs/guides/monitoring.md)
+    log: bool = True                  # record every prediction (False: --no-log)
+    log_dir: str | None = None        # default: $SIGHTWISE_HOME/logs/<served name>
+    keep_images: bool = False         # keep the uploads (metadata stripped) for labelling
+    blur_faces: bool = False          # blur faces in kept images (the faces extra)
+    retain: str = "30d"               # records and kept images older than this are removed
+    log_max_size: str = "1GiB"        # and the oldest beyond this size
+    monitor_window: int = 100         # predictions per drift-test window
+    alert_webhook: str | None = None  # POST each drift alert as JSON here
+    queue_dir: str | None = None      # the labelling queue (default: <log>/labelling-queue)
+
+    # -- the audit trail (docs/guides/privacy.md)
+    audit_log: str | None = None      # hash-chained record of every admin action
+    audit_predictions: bool = False   # ... and of every prediction
+
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535 (0: any free port), got {self.port}")
@@ -87,8 +102,39 @@ class ServeSettings:
         for name in ("threads", "workers"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        self._check_monitoring()
         if isinstance(self.allowed_hosts, str):  # a bare string would be split into letters
             object.__setattr__(self, "allowed_hosts", parse_hosts(self.allowed_hosts))
+
+    def _check_monitoring(self) -> None:
+        # sightwise.monitor.log is standard library only, like this module.
+        from sightwise.monitor.log import parse_retain, parse_size
+
+        parse_retain(self.retain)
+        parse_size(self.log_max_size)
+        if self.monitor_window < 2:
+            raise ValueError(f"monitor_window must be at least 2, got {self.monitor_window}")
+        if self.keep_images and not self.log:
+            raise ValueError("--keep-images keeps images in the prediction log: drop --no-log")
+        if self.blur_faces and not self.keep_images:
+            raise ValueError("--blur-faces applies to kept images: add --keep-images")
+        if self.alert_webhook and not self.alert_webhook.lower().startswith(
+                ("http://", "https://")):
+            raise ValueError(f"--alert-webhook must be an http(s) URL, got {self.alert_webhook!r}")
+        if self.audit_predictions and not self.audit_log:
+            raise ValueError("--audit-predictions needs --audit-log PATH")
+
+    @property
+    def retain_s(self) -> float:
+        from sightwise.monitor.log import parse_retain
+
+        return parse_retain(self.retain)
+
+    @property
+    def log_max_bytes(self) -> int:
+        from sightwise.monitor.log import parse_size
+
+        return parse_size(self.log_max_size)
 
     @property
     def max_body_bytes(self) -> int:

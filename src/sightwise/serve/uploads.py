@@ -8,6 +8,10 @@
 - Images: the header is read first (`probe`): format allowlist (415) and pixel limit
   (413) before a pixel is decoded, because a small PNG can expand to gigabytes; then
   `decode_image`. Anything Pillow cannot decode is a 422, whatever its plugin raises.
+- DICOM (#22) is recognised by its magic (`DICM` after the 128-byte preamble; the file
+  name is not trusted), sized from its header by pydicom, and decoded by the same
+  `decode_image` (one frame, windowed to 8 bits: sightwise.data.dicom). Without pydicom
+  (the `dicom` extra) it is a 415 naming the install command.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from sightwise.data.decode import ALLOWED_FORMATS, decode_image
+from sightwise.data.dicom import INSTALL_HINT as DICOM_INSTALL_HINT
+from sightwise.data.dicom import header_size, looks_like_dicom
 from sightwise.errors import ImageDecodeError
 from sightwise.serve.schemas import ApiError
 
@@ -132,6 +138,9 @@ def probe(data: bytes, max_pixels: int) -> int:
     cannot be accepted. Decodes nothing."""
     if not data:
         raise ApiError(422, "invalid_image", "empty file")
+    if looks_like_dicom(data):
+        w, h = _dicom_size(data)
+        return _check_size(w, h, max_pixels)
     try:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (w, h) = header.format, header.size
@@ -146,6 +155,23 @@ def probe(data: bytes, max_pixels: int) -> int:
                        ) from None
     if fmt not in ALLOWED_FORMATS:
         raise ApiError(415, "unsupported_media_type", f"format {fmt} is not allowed")
+    return _check_size(w, h, max_pixels)
+
+
+def _dicom_size(data: bytes) -> tuple[int, int]:
+    """(columns, rows) of a DICOM upload from its header, or ApiError 415/422."""
+    try:
+        return header_size(data)
+    except ImageDecodeError as exc:
+        if str(exc) == DICOM_INSTALL_HINT:
+            raise ApiError(415, "unsupported_media_type", f"a DICOM file; {exc}") from None
+        raise ApiError(422, "invalid_image", f"DICOM: {exc}") from None
+    except Exception as exc:  # pydicom's parser on a hostile header
+        raise ApiError(422, "invalid_image", f"unreadable DICOM header ({type(exc).__name__})"
+                       ) from None
+
+
+def _check_size(w: int, h: int, max_pixels: int) -> int:
     if w * h > max_pixels:
         raise ApiError(413, "too_many_pixels",
                        f"{w}x{h} pixels exceeds the limit of {max_pixels:,}")

@@ -65,6 +65,12 @@ def watch(
                                            "FFmpeg, e.g. rtsp_transport=tcp (repeatable).")] = None,
     frame_records: A[bool, Opt("--frame-records/--events-only", help="Write a record per "
                                "processed frame to --out.")] = True,
+    log: A[Path | None, Opt("--log", help="Prediction log folder: every processed frame and "
+                            "event is recorded and, for a classifier, tested for drift like "
+                            "`serve --log` (alerts to <log>/labelling-queue and "
+                            "--alert-webhook).")] = None,
+    monitor_window: A[int, Opt("--monitor-window", help="Frames per drift-test window "
+                               "(with --log).")] = 100,
     quiet: A[bool, Opt("--quiet", help="No progress bar.")] = False,
 ):
     """Classify or inspect the frames of a video, folder or stream; debounce into events."""
@@ -78,7 +84,7 @@ def watch(
     summary = run_watch(
         bundle, source, cfg, out=out, frames_out=frames_out, video_out=video_out,
         webhook=alert_webhook, webhook_timeout=webhook_timeout, frame_records=frame_records,
-        progress=not quiet,
+        progress=not quiet, log_dir=log, monitor_window=monitor_window,
         model_options={"min_score": min_score, "threshold": threshold, "top_k": top_k,
                        "int8": int8, "threads": threads,
                        "labels": [s.strip() for s in labels.split(",") if s.strip()] if labels else None})

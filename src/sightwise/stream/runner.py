@@ -224,15 +224,26 @@ def _summary(stats: SourceStats, counts: _Counters, elapsed: float, ended_by: st
 
 def build_sinks(model, *, out: Path | None, frames_out: Path | None, video_out: Path | None,
                 webhook: str | None, webhook_timeout: float, frame_records: bool,
-                fps: float | None, progress_total: int | None | bool) -> list[Sink]:
+                fps: float | None, progress_total: int | None | bool,
+                log_dir: Path | None = None, source: str | Path = "",
+                monitor_window: int = 100) -> list[Sink]:
     """The sinks a `watch` command asks for, in dispatch order (frames first: the saved
-    images' paths go on the events the JSONL then writes)."""
+    images' paths go on the events the JSONL then writes). `log_dir`: the prediction log
+    (and its live drift monitor, whose alerts go to `webhook` too)."""
     from sightwise.stream.sinks import FramesSink, JsonlSink, ProgressSink, WebhookSink
 
     sinks: list[Sink] = []
     if frames_out is not None:
         sinks.append(FramesSink(frames_out, model))
     sinks.append(JsonlSink(out, frames=frame_records and out is not None))
+    if log_dir is not None:
+        from sightwise.monitor.live import MonitorLog
+        from sightwise.monitor.windows import MonitorConfig
+        from sightwise.stream.sinks import PredictionLogSink
+
+        config = MonitorConfig(window=monitor_window, min_n=min(20, monitor_window))
+        sinks.append(PredictionLogSink(MonitorLog(log_dir, config=config, webhook=webhook),
+                                       model, source))
     if video_out is not None:
         from sightwise.stream.annotate import VideoSink
 
@@ -248,7 +259,8 @@ def run_watch(bundle: str | Path, source: str | Path, cfg: WatchConfig, *,
               out: Path | None = None, frames_out: Path | None = None,
               video_out: Path | None = None, webhook: str | None = None,
               webhook_timeout: float = 2.0, frame_records: bool = True, progress: bool = True,
-              model_options: dict | None = None) -> dict:
+              model_options: dict | None = None, log_dir: Path | None = None,
+              monitor_window: int = 100) -> dict:
     """What `sightwise watch` does: load the bundle, build the sinks, watch until the source
     ends or SIGTERM/SIGINT arrives (then flush and return normally)."""
     import signal
@@ -261,7 +273,8 @@ def run_watch(bundle: str | Path, source: str | Path, cfg: WatchConfig, *,
     total = expected_samples(source, cfg.fps, cfg.source) if progress else False
     sinks = build_sinks(model, out=out, frames_out=frames_out, video_out=video_out,
                         webhook=webhook, webhook_timeout=webhook_timeout,
-                        frame_records=frame_records, fps=cfg.fps, progress_total=total)
+                        frame_records=frame_records, fps=cfg.fps, progress_total=total,
+                        log_dir=log_dir, source=source, monitor_window=monitor_window)
     stop = threading.Event()
     main = threading.current_thread() is threading.main_thread()
     previous = {}

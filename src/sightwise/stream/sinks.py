@@ -9,8 +9,8 @@ Every hook defaults to doing nothing, so a sink overrides only what it needs. Si
 the order given; the frames sink goes first so the paths of the images it saves are on the
 event when the JSONL sink writes it. A sink reports its own counters through `stats()`.
 
-Adding a destination (e.g. the prediction log) is one subclass: map `frame(p)` and
-`event_closed(ev)` onto its API.
+Adding a destination is one subclass: map `frame(p)` and `event_closed(ev)` onto its API,
+as `PredictionLogSink` does for the prediction log (`watch --log DIR`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import queue
 import re
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from sightwise.core import atomic_write_bytes
+from sightwise.core import atomic_write_bytes, sha256_bytes, softmax
 from sightwise.stream.events import Event
 from sightwise.stream.models import FrameResult
 
@@ -213,3 +214,81 @@ class ProgressSink(Sink):
 
     def close(self) -> None:
         self.bar.close()
+
+
+class _OnePass:
+    """Stands in for a classifier's Predictor: `probabilities()` runs the graph once for the
+    logits and the embedding and keeps both (`last`), so the frame record the model builds
+    and the prediction-log record come from the same run. Everything else is the
+    Predictor's own."""
+
+    def __init__(self, predictor):
+        self._predictor = predictor
+        self.last: tuple | None = None  # (probabilities (N, C), embeddings (N, D))
+
+    def __getattr__(self, name):
+        return getattr(self._predictor, name)
+
+    def probabilities(self, images):
+        p = self._predictor
+        out = p.run(p.preprocess(images), ["logits", "embedding"])
+        probs = softmax(out["logits"], p.temperature)
+        self.last = (probs, out["embedding"])
+        return probs
+
+
+class PredictionLogSink(Sink):
+    """Frames and events into the prediction log (sightwise.monitor), so a camera is
+    monitored like the server: with a classification bundle each processed frame is a
+    record in the monitor's format (calibrated probabilities, the embedding projected on the
+    bundle's reference, its outlier score, the sha256 of the frame's pixels, latency), plus
+    `frame` and `stream_t` (seconds from the source's start) and `source`; the live monitor
+    tests its windows and an alert writes the labelling queue (sha256s only: frames are not
+    kept) and calls `webhook`. A detector bundle's frames are logged with their score and
+    verdict (no drift tests: they need a classifier's reference). Closed events are records
+    with `"type": "event"`. The log never blocks a frame; drops are counted in `stats()`.
+    """
+
+    def __init__(self, mlog, model, source: str | Path):
+        self.mlog, self.model, self.source = mlog, model, str(source)
+        name, _, digest = model.id.partition("@")
+        self.name = name.split("/")[0]
+        self.version = f"local-{digest}"  # what `serve` calls a bundle served from a folder
+        self.reference = None
+        self.one_pass: _OnePass | None = None
+        if model.task == "classification":
+            self.one_pass = model.predictor = _OnePass(model.predictor)
+            self.reference = mlog.reference_for(model.predictor.bundle, self.name)
+
+    def frame(self, p: Processed) -> None:
+        from sightwise.monitor.live import record_from_prediction
+
+        sha = sha256_bytes(p.image.tobytes())  # the decoded frame: frames have no file bytes
+        extra = {"frame": p.record["frame"], "stream_t": p.record["t"], "source": self.source}
+        if self.one_pass is not None and self.one_pass.last is not None:
+            probs, emb = self.one_pass.last
+            rec = record_from_prediction(model=self.name, version=self.version, probs=probs[0],
+                                         embedding=emb[0], reference=self.reference,
+                                         sha256=sha, latency_ms=p.record["latency_ms"])
+            self.one_pass.last = None
+        else:  # a detector: its score, not drift-tested
+            rec = {"t": time.time(), "model": self.name, "version": self.version,
+                   "sha256": sha, "ms": p.record["latency_ms"],
+                   **{k: p.record[k] for k in ("score", "verdict") if k in p.record}}
+        self.mlog.log.append({**rec, **extra})
+
+    def event_closed(self, ev: Event) -> None:
+        self.mlog.log.append({"t": time.time(), "model": self.name, "version": self.version,
+                              **ev.to_record("event"), "source": self.source})
+
+    def flush(self) -> None:
+        self.mlog.log.flush(timeout=10.0)
+
+    def close(self) -> None:
+        self.mlog.close()
+
+    def stats(self) -> dict:
+        st = self.mlog.log.status()
+        return {"prediction_log": {"directory": st["directory"], "written": st["written"],
+                                   "dropped": st["dropped"],
+                                   "alerts": self.mlog.live.alerts if self.mlog.live else 0}}

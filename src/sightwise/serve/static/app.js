@@ -1,6 +1,7 @@
 // The Sightwise page: upload one image, show the top-k bars from /v1/predict, and the image
 // beside its class activation map from /v1/explain (a translucent heat map with its colour
-// legend). No dependencies; everything from this server.
+// legend); with a token, the drift monitor's chart. No dependencies; everything from this
+// server.
 "use strict";
 
 (function () {
@@ -143,6 +144,7 @@
     await showOverlay(file);
     await showInspection(file);
     await showSimilar(file);
+    await showMonitor();
   }
 
   // The server's optional routes, read once from its OpenAPI schema rather than probed: a
@@ -232,6 +234,67 @@
     }
   }
 
+  // The drift monitor (GET /v1/monitor and its chart, token-protected): shown only when
+  // the page has a token; the server without a log (--no-log) answers 409 and the section
+  // stays hidden.
+  let chartUrl = null;
+
+  async function showMonitor() {
+    const headers = authHeaders();
+    const section = $("monitor-section");
+    const status = $("monitor-status");
+    if (!headers.Authorization) {
+      section.hidden = true;
+      return;
+    }
+    let response;
+    try {
+      response = await fetch("/v1/monitor?last=50", { headers });
+    } catch (_) {
+      return;
+    }
+    if (response.status === 409) {
+      section.hidden = true;
+      return;
+    }
+    section.hidden = false;
+    const figure = $("monitor-figure");
+    if (!response.ok) {
+      status.textContent = "Drift monitor unavailable: " + await errorMessage(response);
+      delete status.dataset.alert;
+      figure.hidden = true;
+      return;
+    }
+    const summary = await response.json();
+    const tested = summary.windows.filter((w) => w.tested);
+    const last = tested[tested.length - 1];
+    if (!last) {
+      status.textContent = "No window tested yet (" + summary.pending + " of " +
+        summary.config.window + " predictions so far).";
+      delete status.dataset.alert;
+      figure.hidden = true;
+      return;
+    }
+    status.textContent = tested.length + " window(s) of " + summary.config.window +
+      " predictions for version " + summary.version + "; the last: drift p = " +
+      last.p_value.toPrecision(2) + ", estimated accuracy " +
+      (100 * last.estimated_accuracy).toFixed(0) + "%" +
+      (last.alert ? ". ALERT: the inputs have drifted." : ".");
+    status.dataset.alert = last.alert ? "yes" : "no";
+    const chart = await fetch("/v1/monitor/plot.png?dpi=70", { headers });
+    if (!chart.ok) {
+      figure.hidden = true;
+      return;
+    }
+    if (chartUrl) URL.revokeObjectURL(chartUrl);
+    chartUrl = URL.createObjectURL(await chart.blob());
+    const img = $("monitor-chart");
+    img.src = chartUrl;
+    img.alt = "Drift chart over " + tested.length + " windows" +
+      (last.alert ? ", the latest in alert." : ", no alert in the latest.");
+    figure.hidden = false;
+  }
+
   async function loadModelInfo() {
     try {
       const response = await fetch("/v1/model", { headers: authHeaders() });
@@ -260,6 +323,7 @@
   }
 
   input.addEventListener("change", () => classify(input.files[0]));
+  $("token-input").addEventListener("change", showMonitor);
   zone.addEventListener("dragover", (e) => { e.preventDefault(); zone.classList.add("dragging"); });
   zone.addEventListener("dragleave", () => zone.classList.remove("dragging"));
   zone.addEventListener("drop", (e) => {
