@@ -126,6 +126,11 @@ def create_app(settings: ServeSettings | None = None, *, token: str | None = Non
     monitoring = build_monitoring(settings, name)
     own = ([monitoring.observer] if monitoring else []) + (
         [AuditObserver(audit)] if audit is not None and settings.audit_predictions else [])
+    if settings.shadow is not None:
+        from sightwise.serve.shadow import ShadowObserver
+
+        own.append(ShadowObserver(settings.shadow, watch_interval_s=settings.watch_interval_s,
+                                  monitor_log=monitoring.mlog if monitoring else None))
     try:
         state = _build_state(settings, name, bundle, version, watch, [*own, *observers],
                              registry_name)

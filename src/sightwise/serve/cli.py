@@ -64,6 +64,10 @@ def register(app: typer.Typer) -> None:
                                                   "POST /v1/search.")] = None,
         detector: Annotated[str | None, typer.Option("--detector", help="Defect detector bundle "
                                                      "for POST /v1/inspect.")] = None,
+        shadow: Annotated[str | None, typer.Option("--shadow", help="A candidate (NAME@ALIAS, "
+                          "e.g. NAME@staging, or NAME/VERSION) run on a copy of the traffic off "
+                          "the request path; both answers go to the shadow log that `models "
+                          "promote --require-shadow N` and `pipeline` read.")] = None,
         log_level: Annotated[str, typer.Option(help="debug | info | warning | error")] = D.log_level,
         log: Annotated[str | None, typer.Option("--log", help="Prediction log folder (default: "
                        "$SIGHTWISE_HOME/logs/<model>); every prediction is recorded and "
@@ -97,7 +101,8 @@ def register(app: typer.Typer) -> None:
         if no_log and log:
             raise ValueError("--log DIR and --no-log: choose one")
         serve_main(ServeSettings(
-            bundle=bundle, model=model, index=index, detector=detector, host=host, port=port,
+            bundle=bundle, model=model, shadow=shadow, index=index, detector=detector, host=host,
+            port=port,
             allowed_hosts=parse_hosts(allowed_hosts), forwarded_allow_ips=forwarded_allow_ips,
             header_timeout_s=header_timeout, max_connections=max_connections,
             max_connections_per_client=max_connections_per_client, token_file=token_file,

@@ -32,6 +32,7 @@ class ServeSettings:
     model: str | None = None
     name: str | None = None           # the served name (default: folder or registry name)
     version: int | str | None = None  # the served version (default: local-<sha> of a folder)
+    shadow: str | None = None         # a candidate (NAME@ALIAS | NAME/VERSION) run on a copy of traffic
     index: str | None = None          # search index folder: POST /v1/search
     detector: str | None = None       # defect detector bundle: POST /v1/inspect
 
@@ -103,6 +104,9 @@ class ServeSettings:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         self._check_monitoring()
+        if self.shadow is not None and self.model is None:
+            raise ValueError("--shadow compares registry versions: serve the primary with "
+                             "--model NAME@ALIAS (or NAME/VERSION)")
         if isinstance(self.allowed_hosts, str):  # a bare string would be split into letters
             object.__setattr__(self, "allowed_hosts", parse_hosts(self.allowed_hosts))
 
