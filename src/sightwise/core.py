@@ -177,7 +177,9 @@ class ModelRefError(SightwiseError):
 
 
 def validate_name(name: str) -> str:
-    """>>> validate_name("parts-qc.v2")
+    """Return `name` if it is a valid model name, else raise ModelRefError.
+
+    >>> validate_name("parts-qc.v2")
     'parts-qc.v2'
     """
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sightwise.bundle import load_bundle, write_bundle_meta
+from sightwise.data.preprocess import Preprocessing
 from sightwise.models.classifier import Classifier, EnsembleBackbone, average_of, build_classifier
 from sightwise.models.io import ensemble_meta, load_classifier, save_weights
 
@@ -64,13 +65,17 @@ def test_dropout_only_acts_in_training():
     assert not torch.allclose(model.forward_head(feats), model.head(feats.mean((2, 3))))
 
 
+def _pre(size: int) -> dict:
+    return Preprocessing(size=size, resize="center-crop", interpolation="bilinear").to_dict()
+
+
 @pytest.mark.parametrize("name, size", [("small_resnet", 32), ("efficientnet_lite0", 64)])
 def test_weights_round_trip_through_a_bundle(tmp_path, name, size):
     model = _trained_like(name, size)
     save_weights(model, tmp_path / "weights.safetensors")
     assert not list(tmp_path.glob("*.tmp"))  # written atomically
     write_bundle_meta(tmp_path, {"model": {"name": name, "num_classes": 3},
-                                 "classes": ["a", "b", "c"]})
+                                 "classes": ["a", "b", "c"], "preprocessing": _pre(size)})
     loaded = load_classifier(load_bundle(tmp_path))
     assert not loaded.training
     ref_state, new_state = model.state_dict(), loaded.state_dict()
@@ -124,7 +129,8 @@ def test_an_averaged_ensemble_round_trips_through_a_bundle(tmp_path):
     save_weights(avg, tmp_path / "weights.safetensors")
     meta = {"name": "small_resnet", "num_classes": 3, **ensemble_meta(avg)}
     assert meta["members"] == 2 and meta["hflip"] is True
-    write_bundle_meta(tmp_path, {"model": meta, "classes": ["a", "b", "c"]})
+    write_bundle_meta(tmp_path, {"model": meta, "classes": ["a", "b", "c"],
+                                 "preprocessing": _pre(32)})
     loaded = load_classifier(load_bundle(tmp_path))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
