@@ -45,6 +45,10 @@ def test_kcenter_matches_brute_force(seed, n_selected):
     assert kcenter_greedy(x, 8, selected) == brute_kcenter(x, 8, selected)
 
 
+def covering_radius(x, centres):
+    return max(min(np.linalg.norm(x[i] - x[c]) for c in centres) for i in range(len(x)))
+
+
 def test_kcenter_radius_is_within_twice_the_optimum():
     """Gonzalez's bound: greedy's covering radius <= 2 x the best possible (exhaustive)."""
     rng = np.random.default_rng(3)
@@ -53,11 +57,8 @@ def test_kcenter_radius_is_within_twice_the_optimum():
         first = kcenter_greedy(x, 1)
         picks = first + kcenter_greedy(x, 2, selected=first)
 
-        def radius(centres):
-            return max(min(np.linalg.norm(x[i] - x[c]) for c in centres) for i in range(len(x)))
-
-        best = min(radius(c) for c in itertools.combinations(range(9), 3))
-        assert radius(picks) <= 2 * best + 1e-9
+        best = min(covering_radius(x, c) for c in itertools.combinations(range(9), 3))
+        assert covering_radius(x, picks) <= 2 * best + 1e-9
 
 
 def test_kcenter_respects_candidates_and_never_repeats():
