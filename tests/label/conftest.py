@@ -17,3 +17,35 @@ def pool_dir(tmp_path, image_folder_factory) -> Path:
     for f in sorted(src.rglob("*.png")):
         shutil.copy(f, pool / f.name)
     return pool
+
+
+def _load(name: str, path: Path):
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# Tests import it as `sw_label_live` (with --import-mode=importlib they cannot import conftest).
+live = _load("sw_label_live", Path(__file__).with_name("_live.py"))
+
+
+@pytest.fixture
+def label_server(tmp_path):
+    """start(pool, out, *cli args) -> LabelServer; every server is stopped at teardown."""
+    started = []
+
+    def start(pool, out, *args):
+        server = live.start(tmp_path, pool, out, *args)
+        started.append(server)
+        return server
+
+    yield start
+    for s in started:
+        s.stop()
