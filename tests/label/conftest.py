@@ -49,3 +49,13 @@ def label_server(tmp_path):
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.fixture(scope="session")
+def texture_pool(sw_base, exported, tmp_path_factory) -> Path:
+    """Two tiles per class of the session bundle's own texture data, in one flat folder."""
+    pool = tmp_path_factory.mktemp("texture_pool")
+    for folder in sorted(p for p in (sw_base / "data").iterdir() if p.is_dir()):
+        for f in sorted(folder.glob("*.png"))[:2]:
+            shutil.copy(f, pool / f.name)
+    return pool

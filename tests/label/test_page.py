@@ -132,3 +132,28 @@ def test_restart_after_kill_9_resumes(browser, pool_dir, tmp_path, label_server)
     page.keyboard.press("ArrowLeft")
     expect(page.locator("#caption")).to_contain_text(f"{labelled[-1]} · labelled blue")
     page.context.close()
+
+
+def test_the_models_guesses_and_enter(browser, exported, texture_pool, tmp_path, label_server):
+    """With --bundle: the page shows the model's top 3 with probabilities, Enter answers the
+    first guess, and the row records the guess, its probability and the model version."""
+    from sightwise.serve.swap import local_version
+
+    out = tmp_path / "labels.csv"
+    server = label_server(texture_pool, out, "--bundle", str(exported[0]))
+    page = open_page(browser, server, "ann")
+    guesses = page.locator("#suggestions li")
+    expect(guesses).to_have_count(3)
+    first_guess = guesses.first.locator(".label").inner_text()
+    shown_p = float(guesses.first.locator(".value").inner_text())
+    first = current_path(page)
+    page.keyboard.press("Enter")
+    wait_for_item(page, first)
+    (row,) = read_answers(out)
+    assert (row.path.split("/")[-1], row.label, row.suggested) == (first, first_guess, first_guess)
+    assert row.suggested_p == pytest.approx(shown_p, abs=0.006)
+    assert row.model_version == local_version(exported[0])
+    assert server.api("GET", "/v1/label/progress").json()["last_pick"] == "kcenter"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "label-page-guesses.png"))
+    page.context.close()
