@@ -15,9 +15,9 @@ from sightwise.label.audit import (
     near_duplicates,
     oof_probabilities,
     outlier_scores,
-    unit_centred,
 )
 from sightwise.label.features import Features
+from sightwise.label.order import centred_unit
 from sightwise.types import Sample
 
 
@@ -66,7 +66,7 @@ def test_near_duplicates_with_different_labels_and_across_splits():
     samples = [Sample("a", 0, "train", "1"), Sample("b", 1, "train", "2"),
                Sample("c", 0, "train", "3"), Sample("d", 0, "test", "4"),
                Sample("e", 0, "train", "same"), Sample("f", 1, "val", "same")]  # identical bytes
-    conflicts, leakage = near_duplicates(unit_centred(x), samples, ["ok", "bad"], 0.99)
+    conflicts, leakage = near_duplicates(centred_unit(x), samples, ["ok", "bad"], 0.99)
     assert {(p["a"]["path"], p["b"]["path"]) for p in conflicts} == {("a", "b"), ("e", "f")}
     assert {(p["a"]["path"], p["b"]["path"]) for p in leakage} == {("c", "d"), ("e", "f")}
     assert conflicts[0]["similarity"] == 1.0
@@ -75,7 +75,7 @@ def test_near_duplicates_with_different_labels_and_across_splits():
 def test_outlier_scores_single_out_a_far_point():
     x, _ = blobs(n_per=30)
     x[7] = 50.0
-    z = outlier_scores(unit_centred(x))
+    z = outlier_scores(centred_unit(x))
     assert int(np.argmax(z)) == 7 and z[7] > 6 and (np.delete(z, 7) < 6).all()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sightwise.label.order import kcenter_greedy, unit_rows
+from sightwise.label.order import centred_unit, kcenter_greedy
 from sightwise.label.pool import PoolError, read_pool
 from sightwise.label.session import LabelSession, ModelView, SessionError
 from sightwise.label.store import SKIP, UNDO, LabelStore, final_labels, read_answers
@@ -147,7 +147,7 @@ def test_kcenter_order_follows_the_embeddings(pool_dir, tmp_path):
         item = s.next_item("ann")
         got.append(item["id"])
         s.answer("ann", item["id"], "red")
-    assert got == kcenter_greedy(unit_rows(model.emb), 4)
+    assert got == kcenter_greedy(centred_unit(model.emb), 4)
     assert s.item(got[0])["suggestions"][0]["label"] in CLASSES
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from sightwise.core import is_imbalanced
 from sightwise.label.confident import find_label_issues
 from sightwise.label.features import Features
+from sightwise.label.order import centred_unit
 from sightwise.types import Sample
 
 DEFAULT_FOLDS = 5
@@ -57,13 +58,6 @@ def oof_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: in
         lr.fit(xs[train], y[train])
         probs[np.ix_(test, lr.classes_)] = lr.predict_proba(xs[test])
     return probs, k
-
-
-def unit_centred(x: np.ndarray) -> np.ndarray:
-    """Frozen features are all positive (ReLU), so raw cosines crowd near 1: centre first."""
-    x = np.asarray(x, np.float32)
-    x = x - x.mean(0)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def _brief(s: Sample, classes: list[str]) -> dict:
@@ -139,7 +133,7 @@ def audit_features(feats: Features, classes: list[str], *, folds: int = DEFAULT_
     suspects = [{"path": samples[i].source, "given": classes[y[i]],
                  "suggested": classes[cl.suggested[i]], "score": round(float(cl.score[i]), 4)}
                 for i in cl.ranked()]
-    unit = unit_centred(feats.vectors)
+    unit = centred_unit(feats.vectors)
     conflicts, leakage = near_duplicates(unit, samples, classes, dup_threshold)
     z = outlier_scores(unit)
     out_idx = np.flatnonzero(z > outlier_z)

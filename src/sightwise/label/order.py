@@ -12,8 +12,8 @@ with a diversity filter).
   not spend all its labels on near-copies of one confusing image (the idea of Citovsky et
   al.'s Cluster-Margin, NeurIPS 2021, reduced to one greedy pass).
 
-Embeddings are compared by Euclidean distance after L2 normalisation (cosine geometry), as
-the search index does. Everything here is numpy and scikit-learn: the labelling page runs
+Embeddings are compared by Euclidean distance after centring and L2 normalisation (cosine
+geometry around the pool's mean). Everything here is numpy and scikit-learn: the labelling page runs
 it without torch.
 """
 
@@ -31,6 +31,13 @@ POOL_FACTOR = 10  # auto's margin shortlist, as a multiple of the batch size
 def unit_rows(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def centred_unit(x: np.ndarray) -> np.ndarray:
+    """Centre, then unit length: pooled CNN features are all positive (ReLU), so raw cosines
+    crowd near 1 and distances say little until the common mean is removed."""
+    x = np.asarray(x, np.float32)
+    return unit_rows(x - x.mean(0))
 
 
 def _sq_dist_to(x: np.ndarray, sq: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sightwise.errors import SightwiseError
-from sightwise.label.order import probe_probabilities, select, unit_rows
+from sightwise.label.order import centred_unit, probe_probabilities, select
 from sightwise.label.pool import Pool, PoolError
 from sightwise.label.store import MARKERS, SKIP, UNDO, Answer, LabelStore, final_states, now_utc
 
@@ -67,7 +67,7 @@ class LabelSession:
         self._queue: list[int] = []
         self._since_refill = 0
         self.last_mode = ""
-        self._emb = unit_rows(model.emb) if model is not None and model.emb is not None else None
+        self._emb = centred_unit(model.emb) if model is not None and model.emb is not None else None
         self._model_cols = self._class_columns(model)
         self._state: dict[int, str] = {}
         self._actions: dict[str, list[int]] = {}
