@@ -197,3 +197,24 @@ def test_malformed_files_get_a_clear_error(pool, tmp_path):
     (tmp_path / "junk.json").write_text("{")
     with pytest.raises(FormatError, match="not a Label Studio JSON"):
         read_label_studio(tmp_path / "junk.json", pool)
+
+
+def test_cli_import_and_its_user_errors(pool, pool_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from sightwise.cli import app
+
+    xml = tmp_path / "annotations.xml"
+    xml.write_text(CVAT_EXAMPLE)
+    out = tmp_path / "labels.csv"
+    res = CliRunner().invoke(app, ["data", "import", str(xml), "--pool", str(pool_dir),
+                                   "--out", str(out), "--classes", "car,bike"])
+    assert res.exit_code == 2
+    assert res.output.strip().splitlines() == [
+        "error: annotations.xml: image id 0: unknown class 'good_frame'; classes: car, bike"]
+    assert not out.exists()
+    res = CliRunner().invoke(app, ["data", "import", str(xml), "--pool", str(pool_dir),
+                                   "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["labels"] == 1
+    assert final_labels(read_answers(out)) == {"pool/filename000.jpg": "good_frame"}

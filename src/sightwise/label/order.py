@@ -135,14 +135,15 @@ def select(strategy: str, k: int, *, candidates: Sequence[int], rng: np.random.G
         return [], strategy
     if strategy not in STRATEGIES:
         raise ValueError(f"order must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    if strategy == "random":
+    if strategy == "random" or (strategy == "margin" and probs is None):
+        # margin without a model yet starts from a random batch, as uncertainty sampling does
         return [int(i) for i in rng.choice(cand, size=k, replace=False)], "random"
-    if emb is None:
+    if emb is None and strategy != "margin":
         raise ValueError(f"order {strategy!r} needs embeddings: give a bundle (--bundle)")
-    if strategy == "kcenter" or probs is None:
-        return kcenter_greedy(emb, k, selected, cand), "kcenter"
     if strategy == "margin":
         return smallest_margin(probs, k, cand), "margin"
+    if strategy == "kcenter" or probs is None:
+        return kcenter_greedy(emb, k, selected, cand), "kcenter"
     if is_cold(labels, n_classes, few):
         return kcenter_greedy(emb, k, selected, cand), "kcenter"
     return diverse_margin(emb, probs, k, selected, cand, pool_factor), "margin+diversity"
