@@ -13,8 +13,9 @@ computed once and cached under --cache (default /tmp/sw-label-bench).
 
     python bench/active_learning.py [--datasets neu,grocery] [--seeds 5] [--out DIR]
 
-Prints one line per dataset/strategy/budget and `ratio=` (mean accuracy of auto over
-random across budgets and datasets) last.
+Writes --out/<dataset>.json; the figure shows every dataset measured into --out (so the
+two datasets may be run as separate commands). Prints one line per dataset/strategy/budget
+and `ratio=` (mean accuracy of auto over random across budgets, datasets of this run) last.
 """
 
 from __future__ import annotations
@@ -121,8 +122,8 @@ def plot(results: dict, out: Path) -> Path:
         ax.set_title(f"{name}: {res['n_classes']} classes, pool {res['n_pool']}")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(f"Active learning, simulated oracle: linear probe on frozen features, "
-                 f"{res['seeds']} seeds, mean and 95 % interval")
+    fig.suptitle(f"Simulated labelling: linear probe on frozen features, {res['seeds']} seeds "
+                 "(mean, 95 % interval)")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -147,7 +148,7 @@ def main() -> None:
     threadpool_limits(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, ratios = {}, []
+    ratios = []
     for name in args.datasets.split(","):
         t0 = time.perf_counter()
         x, y, classes, pool, test = load(name, Path(args.cache), progress=True)
@@ -172,8 +173,10 @@ def main() -> None:
             print(f"{name:8s} auto - random at {b:3d}: {100 * m:+.1f} points [{100 * lo:+.1f}, "
                   f"{100 * hi:+.1f}]")
         res["seconds"] = round(time.perf_counter() - t0, 1)
-        results[name] = res
-    (out / "active_learning.json").write_text(json.dumps(results, indent=2))
+        (out / f"{name}.json").write_text(json.dumps(res, indent=2))
+    # The figure shows every dataset measured into --out (runs may be separate commands).
+    results = {n: json.loads((out / f"{n}.json").read_text()) for n in ("neu", "grocery")
+               if (out / f"{n}.json").is_file()}
     print(f"figure: {plot(results, Path(args.figure))}")
     print(f"ratio={np.mean(ratios):.4f} (auto/random mean test accuracy over budgets and "
           f"datasets; cores={os.cpu_count()})")

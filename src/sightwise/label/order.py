@@ -19,6 +19,7 @@ it without torch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -161,7 +162,11 @@ def probe_probabilities(x: np.ndarray, idx: Sequence[int], y: Sequence[int], n_c
         return None
     xs = np.asarray(x, np.float32)
     lr = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-    lr.fit(xs[np.asarray(idx, np.int64)], y)
+    with warnings.catch_warnings():
+        # Early on there are more classes than labels per class; scikit-learn then warns
+        # that y "could represent a regression problem". It does not: say nothing.
+        warnings.filterwarnings("ignore", message="The number of unique classes")
+        lr.fit(xs[np.asarray(idx, np.int64)], y)
     out = np.zeros((len(xs), n_classes), np.float32)
     out[:, lr.classes_] = lr.predict_proba(xs)
     return out
