@@ -169,3 +169,24 @@ def test_margin_order_uses_the_models_calibrated_probabilities(pool_dir, tmp_pat
 def test_kcenter_without_a_bundle_is_refused(pool_dir, tmp_path):
     with pytest.raises(SessionError, match="needs a bundle"):
         session(pool_dir, tmp_path / "l.csv", order="kcenter")
+
+
+def test_review_shows_the_audits_suspects_in_its_order(pool_dir, tmp_path):
+    from sightwise.label.labelling import open_session, review_pool
+
+    p = [str(pool_dir / f) for f in ("blue_000.png", "red_001.png", "green_002.png", "red_003.png")]
+    result = {"suspects": [{"path": p[0], "given": "red", "suggested": "blue", "score": 0.97},
+                           {"path": p[1], "given": "green", "suggested": "red", "score": 0.6}],
+              "conflicting_duplicates": [{"a": {"path": p[2], "label": "green", "split": None},
+                                          "b": {"path": p[3], "label": "red", "split": None},
+                                          "similarity": 1.0}]}
+    s = open_session(review_pool(result), str(tmp_path / "review.csv"), classes=CLASSES,
+                     log=lambda m: None)
+    shown = []
+    while (item := s.next_item("ann")) is not None:
+        shown.append((item["name"], item["given"], [g["label"] for g in item["suggestions"]]))
+        s.answer("ann", item["id"], item["suggestions"][0]["label"] if item["suggestions"]
+                 else item["given"])
+    assert shown == [("blue_000.png", "red", ["blue"]), ("red_001.png", "green", ["red"]),
+                     ("green_002.png", "green", []), ("red_003.png", "red", [])]
+    assert s.progress()["last_pick"] == "queue order"
