@@ -124,7 +124,7 @@ def main() -> None:
     ap.add_argument("--rates", default="0.05,0.1")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--cache", default="/tmp/sw-label-bench")
-    ap.add_argument("--out", default="bench/out/audit")
+    ap.add_argument("--out", default="/tmp/sw-label-bench/out-audit", help="JSON per dataset")
     ap.add_argument("--figure", default="docs/figures/audit.png")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (1: modest on a shared machine)")
     args = ap.parse_args()

@@ -119,3 +119,12 @@ def test_cli_audit_user_errors(tmp_path):
 
     res = CliRunner().invoke(app, ["data", "audit", str(tmp_path / "nope"), "--json"])
     assert res.exit_code == 2 and "dataset not found" in res.output
+
+
+def test_a_class_of_one_image_does_not_shrink_the_folds():
+    x, y = blobs(n_per=20)
+    y = np.append(y, 3)  # a fourth class with a single image
+    x = np.vstack([x, x[:1] + 0.01])
+    probs, k = oof_probabilities(x, y, 4, folds=5)
+    assert k == 5  # the other classes keep five folds
+    assert probs[-1].argmax() != 3  # its only image was judged by models that never saw it

@@ -111,6 +111,8 @@ def test_two_annotators_get_different_images(browser, pool_dir, tmp_path, label_
     assert progress["per_annotator"] == {"alice": 3, "bob": 3}
     for page in (alice, bob):
         page.context.close()
+    assert server.stop() == 0  # SIGTERM: a clean stop that says where the answers are
+    assert "6 labelled, 0 skipped, 6 still queued" in server.log.read_text()
 
 
 def test_restart_after_kill_9_resumes(browser, pool_dir, tmp_path, label_server):

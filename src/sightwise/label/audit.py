@@ -43,17 +43,23 @@ def scaled(x: np.ndarray) -> np.ndarray:
 
 def oof_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int = DEFAULT_FOLDS,
                       seed: int = 0, C: float = PROBE_C) -> tuple[np.ndarray, int]:
-    """(out-of-fold probabilities (n, C), folds used). Folds are stratified; a class with
-    fewer images than folds lowers the fold count (never below 2)."""
+    """(out-of-fold probabilities (n, C), folds used). Folds are stratified. A class with
+    fewer images than folds cannot be in every fold: its images are still predicted, by
+    models that may never have seen the class (so a class of one image is always
+    suspect, which is what a single image of a class deserves)."""
+    import warnings
+
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
 
     y = np.asarray(y, np.int64)
-    counts = np.bincount(y, minlength=n_classes)
-    k = int(max(2, min(folds, counts[counts > 0].min())))
+    k = int(max(2, min(folds, np.bincount(y, minlength=n_classes).max())))
     xs = scaled(x)
     probs = np.zeros((len(y), n_classes))
-    for train, test in StratifiedKFold(k, shuffle=True, random_state=seed).split(xs, y):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The least populated class")
+        splits = list(StratifiedKFold(k, shuffle=True, random_state=seed).split(xs, y))
+    for train, test in splits:
         lr = LogisticRegression(C=C, max_iter=1000, random_state=seed)
         lr.fit(xs[train], y[train])
         probs[np.ix_(test, lr.classes_)] = lr.predict_proba(xs[test])

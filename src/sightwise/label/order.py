@@ -161,7 +161,8 @@ def probe_probabilities(x: np.ndarray, idx: Sequence[int], y: Sequence[int], n_c
     if len(set(y.tolist())) < 2:
         return None
     xs = np.asarray(x, np.float32)
-    lr = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+    # tol 1e-3: the same accuracy as the default 1e-4 on NEU and Grocery, 3-5x fewer steps.
+    lr = LogisticRegression(C=C, max_iter=2000, tol=1e-3, random_state=seed)
     with warnings.catch_warnings():
         # Early on there are more classes than labels per class; scikit-learn then warns
         # that y "could represent a regression problem". It does not: say nothing.

@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import logging
 import secrets
+import signal
+import threading
 from collections.abc import Callable
 
 import anyio
@@ -168,6 +170,10 @@ def _display_bytes(path) -> tuple[bytes, str]:
     return buf.getvalue(), "image/jpeg"
 
 
+def _ignore(signum, frame) -> None:
+    """A signal handler that does nothing (see run_label_server)."""
+
+
 def new_token() -> str:
     return secrets.token_urlsafe(24)
 
@@ -186,6 +192,15 @@ def run_label_server(session: LabelSession, *, host: str = "127.0.0.1", port: in
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, workers=1,
                             server_header=False, timeout_keep_alive=5)
     server = uvicorn.Server(config)
-    server.run()
+    # uvicorn re-raises the signal it handled once its graceful shutdown is done; park
+    # no-op handlers underneath so the command returns and prints its summary instead.
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _ignore) for s in (signal.SIGINT, signal.SIGTERM)} \
+        if main else {}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if not server.started:
         raise SightwiseError(f"the labelling server did not start on {host}:{port} (port in use?)")

@@ -94,6 +94,7 @@ async function show(item) {
   if (state.imageUrl) URL.revokeObjectURL(state.imageUrl);
   state.imageUrl = null;
   $("suggestions").replaceChildren();
+  $("guesses-heading").hidden = true;
   const mode = state.pos === null ? "queue" : "history";
   $("where").dataset.mode = mode;
   if (!item) {
@@ -112,6 +113,7 @@ async function show(item) {
     b.setAttribute("aria-pressed", String(b.dataset.label === item.label));
     b.classList.toggle("suggested", !!item.suggestions.length && b.dataset.label === item.suggestions[0].label);
   });
+  $("guesses-heading").hidden = !item.suggestions.length;
   for (const s of item.suggestions) {
     const li = document.createElement("li");
     const name = document.createElement("span");
