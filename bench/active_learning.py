@@ -67,10 +67,12 @@ def load(name: str, cache: Path, progress: bool):
 
 def run_one(x, emb, y, n_classes, pool, test, strategy, seed):
     """Accuracy at each budget for one strategy and seed."""
-    from sightwise.label.order import probe_probabilities, select
+    from sightwise.label.order import density, probe_probabilities, select
 
     rng = np.random.default_rng(seed)
     pool = np.sort(rng.choice(pool, int(0.9 * len(pool)), replace=False))
+    dens = np.zeros(len(emb))
+    dens[pool] = density(emb[pool])  # typicality within the pool, as the page computes it
     labelled: list[int] = []
     acc = {}
     probs = None
@@ -80,7 +82,7 @@ def run_one(x, emb, y, n_classes, pool, test, strategy, seed):
             cand = np.setdiff1d(pool, labelled)
             picks, _ = select(strategy, step, candidates=cand, rng=rng, emb=emb, probs=probs,
                               selected=labelled, labels=y[labelled].tolist(),
-                              n_classes=n_classes)
+                              n_classes=n_classes, dens=dens)
             labelled += picks
             probs = probe_probabilities(x, labelled, y[labelled], n_classes, C=PROBE_C)
         acc[budget] = float((probs[test].argmax(1) == y[test]).mean()) if probs is not None \

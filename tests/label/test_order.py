@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from sightwise.label.order import (
+    density,
     diverse_margin,
     is_cold,
     kcenter_greedy,
@@ -15,6 +16,7 @@ from sightwise.label.order import (
     probe_probabilities,
     select,
     smallest_margin,
+    typical_kcenter,
 )
 
 
@@ -93,7 +95,8 @@ def test_auto_explores_until_each_class_has_a_few_labels():
     x, p = rng.normal(size=(30, 3)), rng.dirichlet(np.ones(3), size=30)
     picks, how = select("auto", 3, candidates=range(3, 30), rng=rng, emb=x, probs=p,
                         selected=[0, 1, 2], labels=[0, 1, 2], n_classes=3)
-    assert how == "kcenter" and picks == kcenter_greedy(x, 3, [0, 1, 2], range(3, 30))
+    assert how == "typical k-center"
+    assert picks == typical_kcenter(x, 3, [0, 1, 2], range(3, 30), density(x))
     picks, how = select("auto", 3, candidates=range(9, 30), rng=rng, emb=x, probs=p,
                         selected=range(9), labels=[0, 1, 2] * 3, n_classes=3)
     assert how == "margin+diversity"
@@ -108,3 +111,29 @@ def test_probe_probabilities_cover_every_class_column():
     assert p.shape == (20, 3) and np.allclose(p[:, 1], 0) and np.allclose(p.sum(1), 1)
     assert (p.argmax(1)[:10] == 0).mean() > 0.8
     assert probe_probabilities(x, [0, 1], [0, 0], 3) is None
+
+
+def test_density_matches_brute_force_and_subsampling_stays_exact_on_its_sample():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(60, 6))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    brute = [np.mean(sorted(x[i] @ x[j] for j in range(60) if j != i)[-5:]) for i in range(60)]
+    assert density(x, k=5) == pytest.approx(brute)
+    sub = density(x, k=5, max_ref=30, seed=1)
+    ref = np.sort(np.random.default_rng(1).choice(60, 30, replace=False))
+    expected = [np.mean(sorted(x[i] @ x[j] for j in ref if j != i)[-5:]) for i in range(60)]
+    assert sub == pytest.approx(expected)
+
+
+def test_typical_kcenter_leaves_the_outliers_out():
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.normal(0, 0.1, (40, 3)) + [1, 0, 0], rng.normal(0, 3, (4, 3))])
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    dens = density(x, k=5)
+    plain = kcenter_greedy(x, 4, selected=[0])
+    typical = typical_kcenter(x, 4, [0], range(1, 44), dens)
+    assert set(plain) & set(range(40, 44))  # farthest-first goes for the outliers
+    assert not set(typical) & set(range(40, 44))
+    picks, how = select("auto", 3, candidates=range(1, 44), rng=rng, emb=x, selected=[0],
+                        labels=[0], n_classes=2, dens=dens)
+    assert how == "typical k-center" and picks == typical_kcenter(x, 3, [0], range(1, 44), dens)

@@ -155,7 +155,7 @@ def test_the_models_guesses_and_enter(browser, exported, texture_pool, tmp_path,
     assert (row.path.split("/")[-1], row.label, row.suggested) == (first, first_guess, first_guess)
     assert row.suggested_p == pytest.approx(shown_p, abs=0.006)
     assert row.model_version == local_version(exported[0])
-    assert server.api("GET", "/v1/label/progress").json()["last_pick"] == "kcenter"
+    assert server.api("GET", "/v1/label/progress").json()["last_pick"] == "typical k-center"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "label-page-guesses.png"))
     page.context.close()

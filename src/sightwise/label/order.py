@@ -6,11 +6,14 @@ with a diversity filter).
   labelled or picked, so the first labels cover the whole pool instead of its densest mode.
 - **margin** (Scheffer et al. 2001): the smallest gap between the two most probable classes,
   the images the current model is least sure about.
-- **auto**: k-center while labels are too few for a model's uncertainty to mean much (some
-  class has fewer than `few` labels and fewer than `few` x classes images are labelled),
-  then the `pool_factor x k` smallest margins, thinned to k by k-center so one batch does
-  not spend all its labels on near-copies of one confusing image (the idea of Citovsky et
-  al.'s Cluster-Margin, NeurIPS 2021, reduced to one greedy pass).
+- **auto**: while labels are too few for a model's uncertainty to mean much (some class has
+  fewer than `few` labels and fewer than `few` x classes images are labelled), k-center
+  among the typical images (the least dense quarter left out: plain k-center's farthest
+  picks are often outliers, and on Grocery Store it did worse than random below ~100
+  labels, see docs/guides/labelling.md); then the `pool_factor x k` smallest margins,
+  thinned to k by k-center so one batch does not spend all its labels on near-copies of
+  one confusing image (the idea of Citovsky et al.'s Cluster-Margin, NeurIPS 2021, reduced
+  to one greedy pass).
 
 Embeddings are compared by Euclidean distance after centring and L2 normalisation (cosine
 geometry around the pool's mean). Everything here is numpy and scikit-learn: the labelling page runs
@@ -27,6 +30,8 @@ import numpy as np
 STRATEGIES = ("auto", "random", "kcenter", "margin")
 FEW = 3  # labels per class before auto trusts the model's margins
 POOL_FACTOR = 10  # auto's margin shortlist, as a multiple of the batch size
+OUTLIER_SHARE = 0.25  # auto's cold start leaves out this share of least typical images
+DENSITY_K = 10
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:
@@ -87,6 +92,38 @@ def kcenter_greedy(x: np.ndarray, k: int, selected: Sequence[int] = (),
     return picks
 
 
+def density(x: np.ndarray, k: int = DENSITY_K, max_ref: int = 2000, seed: int = 0) -> np.ndarray:
+    """Typicality of each row of x (unit rows): the mean cosine similarity to its k nearest
+    neighbours among at most `max_ref` reference rows (a seeded sample of x, so a large
+    pool costs N x max_ref, not N^2). Higher = in a denser region."""
+    n = len(x)
+    if n < 2:
+        return np.zeros(n)
+    ref = np.arange(n) if n <= max_ref else np.sort(
+        np.random.default_rng(seed).choice(n, max_ref, replace=False))
+    where = {int(r): j for j, r in enumerate(ref)}
+    k = max(1, min(k, len(ref) - 1))
+    out = np.empty(n)
+    for i in range(0, n, 512):
+        rows = np.arange(i, min(i + 512, n))
+        sim = x[rows] @ x[ref].T
+        for r, row in enumerate(rows):  # a row is not its own neighbour
+            if int(row) in where:
+                sim[r, where[int(row)]] = -np.inf
+        out[rows] = np.partition(sim, -k, axis=1)[:, -k:].mean(1)
+    return out
+
+
+def typical_kcenter(x: np.ndarray, k: int, selected: Sequence[int], candidates: Sequence[int],
+                    dens: np.ndarray, share: float = OUTLIER_SHARE) -> list[int]:
+    """k-center among the candidates outside the least dense `share` (a robust k-center:
+    plain k-center's farthest-first picks are often outliers, which teach a small labelled
+    set little; Sener & Savarese's robust variant also leaves a budget of outliers out)."""
+    cand = np.asarray(candidates, np.int64)
+    keep = cand[dens[cand] >= np.quantile(dens[cand], share)] if len(cand) else cand
+    return kcenter_greedy(x, k, selected, keep if len(keep) >= k else cand)
+
+
 def margins(probs: np.ndarray) -> np.ndarray:
     """Top-1 minus top-2 probability per row (1.0 for a single-class row).
 
@@ -126,10 +163,12 @@ def is_cold(labels: Sequence[int], n_classes: int, few: int = FEW) -> bool:
 def select(strategy: str, k: int, *, candidates: Sequence[int], rng: np.random.Generator,
            emb: np.ndarray | None = None, probs: np.ndarray | None = None,
            selected: Sequence[int] = (), labels: Sequence[int] = (), n_classes: int = 2,
-           few: int = FEW, pool_factor: int = POOL_FACTOR) -> tuple[list[int], str]:
+           dens: np.ndarray | None = None, few: int = FEW,
+           pool_factor: int = POOL_FACTOR) -> tuple[list[int], str]:
     """(picks, how they were chosen). `selected` are the already labelled (or leased)
     indices, `labels` the classes of the labelled ones; `emb` unit rows, `probs` the
-    current model's calibrated probabilities (None: no model yet)."""
+    current model's calibrated probabilities (None: no model yet), `dens` the pool's
+    `density` (auto's cold start; computed here when not given)."""
     cand = np.asarray(candidates, np.int64)
     k = min(int(k), len(cand))
     if k <= 0:
@@ -143,10 +182,11 @@ def select(strategy: str, k: int, *, candidates: Sequence[int], rng: np.random.G
         raise ValueError(f"order {strategy!r} needs embeddings: give a bundle (--bundle)")
     if strategy == "margin":
         return smallest_margin(probs, k, cand), "margin"
-    if strategy == "kcenter" or probs is None:
+    if strategy == "kcenter":
         return kcenter_greedy(emb, k, selected, cand), "kcenter"
-    if is_cold(labels, n_classes, few):
-        return kcenter_greedy(emb, k, selected, cand), "kcenter"
+    if probs is None or is_cold(labels, n_classes, few):
+        dens = density(emb) if dens is None else dens
+        return typical_kcenter(emb, k, selected, cand, dens), "typical k-center"
     return diverse_margin(emb, probs, k, selected, cand, pool_factor), "margin+diversity"
 
 

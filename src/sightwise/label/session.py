@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sightwise.errors import SightwiseError
-from sightwise.label.order import centred_unit, probe_probabilities, select
+from sightwise.label.order import centred_unit, density, probe_probabilities, select
 from sightwise.label.pool import Pool, PoolError
 from sightwise.label.store import MARKERS, SKIP, UNDO, Answer, LabelStore, final_states, now_utc
 
@@ -69,6 +69,7 @@ class LabelSession:
         self.last_mode = ""
         self._emb = centred_unit(model.emb) if model is not None and model.emb is not None else None
         self._model_cols = self._class_columns(model)
+        self._dens = density(self._emb) if self._emb is not None else None
         self._state: dict[int, str] = {}
         self._actions: dict[str, list[int]] = {}
         self._replay(store.answers)
@@ -150,7 +151,7 @@ class LabelSession:
             self._queue, self.last_mode = select(
                 strategy, self.batch, candidates=cand, rng=self.rng, emb=self._emb,
                 probs=self._probs(labelled, y), selected=taken, labels=y,
-                n_classes=len(self.classes))
+                n_classes=len(self.classes), dens=self._dens)
         self._since_refill = 0
 
     def _reviewing(self) -> bool:
