@@ -100,7 +100,7 @@ def cached_backbone_features(ds: Dataset, cache_file, *, progress: bool = True,
     sources = [s.source for s in ds.samples]
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
-            if z["sources"].tolist() == sources or z["kept"].tolist() == sources:
+            if z["sources"].tolist() == sources:
                 kept = set(z["kept"].tolist())
                 samples = [s for s in ds.samples if s.source in kept]
                 skipped = [Skipped(src, str(why)) for src, why in zip(
