@@ -81,10 +81,10 @@ def test_outlier_scores_single_out_a_far_point():
 
 def test_audit_hint_speaks_only_above_the_share():
     x, y = blobs(n_per=50)
-    assert audit_hint(x, y, ["a", "b", "c"]) is None
+    assert audit_hint(x, y, 3) is None
     noisy = y.copy()
     noisy[::10] = (noisy[::10] + 1) % 3  # 10 % wrong
-    hint = audit_hint(x, noisy, ["a", "b", "c"], data="parts/")
+    hint = audit_hint(x, noisy, 3, data="parts/")
     assert hint.startswith("audit: ") and "sightwise data audit parts/" in hint
 
 

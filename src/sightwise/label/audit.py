@@ -184,7 +184,7 @@ def run_audit(data: str, *, bundle: str | None = None, folds: int = DEFAULT_FOLD
     return result
 
 
-def audit_hint(features: np.ndarray, labels: np.ndarray, classes: list[str], *,
+def audit_hint(features: np.ndarray, labels: np.ndarray, n_classes: int, *,
                data: str = "DATA", folds: int = 3, seed: int = 0,
                share: float = HINT_SHARE) -> str | None:
     """One line for `train` to print when confident learning on these (training) features
@@ -193,7 +193,7 @@ def audit_hint(features: np.ndarray, labels: np.ndarray, classes: list[str], *,
     y = np.asarray(labels, np.int64)
     if len(y) < 10 or len(set(y.tolist())) < 2:
         return None
-    probs, _ = oof_probabilities(features, y, len(classes), folds=folds, seed=seed)
+    probs, _ = oof_probabilities(features, y, n_classes, folds=folds, seed=seed)
     flagged = int(find_label_issues(probs, y).issues.sum())
     if flagged <= share * len(y):
         return None

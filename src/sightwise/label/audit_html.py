@@ -28,7 +28,7 @@ def summary_text(result: dict, top: int = 10) -> str:
     ]
     lines += [f"  {x['score']:.3f}  {x['path']}: given {x['given']}, looks like {x['suggested']}"
               for x in result["suspects"][:top]]
-    if len(result["suspects"]) > top:
+    if 0 < top < len(result["suspects"]):
         lines.append(f"  ... {len(result['suspects']) - top} more (--json or --html)")
     lines.append(f"near-duplicates with different labels (labelling errors): "
                  f"{s['conflicting_duplicates']}")
