@@ -109,7 +109,7 @@ def plot(results: dict, out: Path) -> Path:
     a2.set_ylim(max(0.0, lo - 0.05), 1.0)
     a2.set_xticks(pos, labels)
     a2.set_title("test accuracy of a linear probe")
-    a2.legend(loc="lower right")
+    a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
