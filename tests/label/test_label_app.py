@@ -19,7 +19,7 @@ def client(pool_dir, tmp_path):
     (pool_dir / "zzz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
     s = LabelSession(read_pool(pool_dir), LabelStore(tmp_path / "labels.csv"),
                      ["red", "green", "blue"], order="random", log=lambda m: None)
-    with TestClient(create_label_app(s, token=TOKEN)) as c:
+    with TestClient(create_label_app(s, token=TOKEN), base_url="http://127.0.0.1") as c:
         c.session_obj = s
         yield c
     s.store.close()
@@ -77,3 +77,9 @@ def test_a_broken_image_is_a_422_and_leaves_the_queue(client):
     assert "zzz_broken.png" in r.json()["error"]["message"]
     progress = client.get("/v1/label/progress", headers=AUTH).json()
     assert progress["broken_paths"] == ["zzz_broken.png"] and progress["queued"] == 12
+
+
+def test_a_foreign_host_header_is_refused(client):
+    """DNS rebinding: the page is answered only under loopback names (as `sightwise serve`)."""
+    r = client.get("/", headers={"Host": "attacker.example"})
+    assert r.status_code == 400 and r.json()["error"]["code"]

@@ -83,7 +83,7 @@ def bundle_features(ds: Dataset, bundle: str, *, batch_size: int = 32, progress:
         if len(chunk) == batch_size:
             flush()
     flush()
-    dim = int(pred.bundle.meta.get("model", {}).get("num_features", 0))
+    dim = pred.bundle.meta.num_features or 0
     vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, dim), np.float32)
     return Features(vectors, kept, skipped, f"bundle {bundle}", time.perf_counter() - t0)
 

@@ -30,10 +30,12 @@ from sightwise.data.decode import decode_image
 from sightwise.errors import ImageDecodeError, SightwiseError
 from sightwise.label.pool import PoolError
 from sightwise.label.session import LabelSession, SessionError
+from sightwise.serve.admission import BodyLimitMiddleware
 from sightwise.serve.auth import TokenGate
-from sightwise.serve.limits import BodyLimitMiddleware
+from sightwise.serve.hosts import HostCheck
 from sightwise.serve.pages import STATIC_DIR, SecurityHeaders
 from sightwise.serve.schemas import ApiError
+from sightwise.serve.settings import host_allowlist
 
 log = logging.getLogger("sightwise.label")
 MAX_BODY = 64 * 1024  # answers are a few hundred bytes of JSON
@@ -53,7 +55,10 @@ class Skip(Who):
     id: int = Field(ge=0)
 
 
-def create_label_app(session: LabelSession, *, token: str) -> FastAPI:
+def create_label_app(session: LabelSession, *, token: str, host: str = "127.0.0.1",
+                     allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+    """The page and its /v1/label API; `host` is the bound address (with `allowed_hosts`
+    it decides which Host headers are answered, as in `sightwise serve`)."""
     if not token:
         raise ValueError("the labelling server needs a token (answers are writes)")
     app = FastAPI(title="Sightwise labelling", version="1", docs_url=None, redoc_url=None,
@@ -64,6 +69,7 @@ def create_label_app(session: LabelSession, *, token: str) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY)
     app.add_middleware(TokenGate, token=token, require_for_api=True)
+    app.add_middleware(HostCheck, names=host_allowlist(host, allowed_hosts))
     app.add_middleware(SecurityHeaders)
     return app
 
@@ -185,7 +191,7 @@ def run_label_server(session: LabelSession, *, host: str = "127.0.0.1", port: in
     import uvicorn
 
     token = token or new_token()
-    app = create_label_app(session, token=token)
+    app = create_label_app(session, token=token, host=host)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     echo(f"labelling page: http://{shown}:{port}/#token={token}")
     echo(f"answers go to {session.store.path} (Ctrl-C to stop; nothing is lost)")

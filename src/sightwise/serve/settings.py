@@ -22,6 +22,25 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 WILDCARD_ADDRESSES = ("0.0.0.0", "::", "")
 
 
+def host_allowlist(bound_host: str, allowed_hosts=()) -> frozenset[str] | None:
+    """Host names requests to a server bound on `bound_host` may carry (lower case): loopback,
+    the bound name (the machine's name when bound everywhere) and `allowed_hosts`; None when
+    `allowed_hosts` holds "*" (any)."""
+    extra = {h.strip().lower().rstrip(".") for h in allowed_hosts if h.strip()}
+    if "*" in extra:
+        return None
+    names = {*LOOPBACK_NAMES, *extra}
+    bound = bound_host.strip("[]").lower()
+    if bound in WILDCARD_ADDRESSES:
+        # Listening everywhere: the machine's own name is the one LAN clients use.
+        # Anything else (its IP addresses, a DNS alias) must be listed explicitly.
+        names.add(socket.gethostname().lower())
+    else:
+        names.add(bound)
+    return frozenset(names)
+
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """What `sightwise serve` serves and how; the defaults suit a laptop on loopback."""
@@ -159,18 +178,7 @@ class ServeSettings:
 
     def host_allowlist(self) -> frozenset[str] | None:
         """Host names requests may carry (lower case), or None when any is allowed."""
-        extra = {h.strip().lower().rstrip(".") for h in self.allowed_hosts if h.strip()}
-        if "*" in extra:
-            return None
-        names = {*LOOPBACK_NAMES, *extra}
-        bound = self.host.strip("[]").lower()
-        if bound in WILDCARD_ADDRESSES:
-            # Listening everywhere: the machine's own name is the one LAN clients use.
-            # Anything else (its IP addresses, a DNS alias) must be listed explicitly.
-            names.add(socket.gethostname().lower())
-        else:
-            names.add(bound)
-        return frozenset(names)
+        return host_allowlist(self.host, self.allowed_hosts)
 
     def public(self) -> dict:
         """The settings for the admin status (no secrets are held here; token_file is a
