@@ -127,6 +127,9 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/bundle.")] = False,
     allow_outside: Annotated[bool, typer.Option(help="Let a CSV manifest name files outside "
                                                 "its own folder.")] = False,
+    synthetic: Annotated[str | None, typer.Option(help="Folder of generated images, one folder "
+                         "per class (`synth gan` OUT): added to the training split only, and "
+                         "only when cross-validation on the real images says they help.")] = None,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -143,7 +146,7 @@ def train(
                       ema_decay=ema_decay, members=members, tta=tta,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
-                      allow_outside=allow_outside)
+                      allow_outside=allow_outside, synthetic=synthetic)
     metrics = train_and_export(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
