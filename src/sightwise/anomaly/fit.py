@@ -90,6 +90,8 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
         raise ValueError(f"threshold mode must be 'far' or 'f1', got {cfg.threshold_mode!r}")
     if cfg.resize not in ("letterbox", "stretch"):  # a centre crop would hide the sides
         raise ValueError(f"resize must be 'letterbox' or 'stretch', got {cfg.resize!r}")
+    if cfg.synthetic not in (None, "combined", "head"):
+        raise ValueError(f"synthetic mode must be 'combined' or 'head', got {cfg.synthetic!r}")
     if cfg.threshold_mode == "f1" and defects is None:
         raise ValueError("--threshold-mode f1 needs --defects")
     if cfg.threads:
