@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -205,6 +205,45 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 # -- training ---------------------------------------------------------------------------------------
 
 
+@dataclass
+class Players:
+    """The generator, its moving average, the discriminator and their optimisers."""
+
+    g: Generator
+    g_ema: Generator
+    d: Discriminator
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+
+    @classmethod
+    def build(cls, n_classes: int, grey: bool, cfg: GanConfig) -> Players:
+        g = Generator(n_classes, cfg.img_size, cfg.z_dim, cfg.ch, 1 if grey else 3)
+        d = Discriminator(n_classes, cfg.img_size, cfg.ch)
+        return cls(g, copy.deepcopy(g).eval(), d,
+                   torch.optim.Adam(g.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999)),
+                   torch.optim.Adam(d.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999)))
+
+    def step(self, real: torch.Tensor, y: torch.Tensor, cfg: GanConfig, gen: torch.Generator,
+             step: int) -> tuple[float, float]:
+        """One discriminator and one generator step (hinge loss, DiffAugment on every image
+        either player sees), then the moving average. -> (d loss, g loss)."""
+        n = len(y)
+        with torch.no_grad():
+            fake = self.g(torch.randn(n, cfg.z_dim, generator=gen), y)
+        d_loss = (F.relu(1 - self.d(diff_augment(real, gen), y)).mean()
+                  + F.relu(1 + self.d(diff_augment(fake, gen), y)).mean())
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.opt_d.step()
+        fake = self.g(torch.randn(n, cfg.z_dim, generator=gen), y)
+        g_loss = -self.d(diff_augment(fake, gen), y).mean()
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.opt_g.step()
+        _update_ema(self.g_ema, self.g, min(cfg.ema, (1 + step) / (10 + step)))  # warmed-up decay
+        return float(d_loss.detach()), float(g_loss.detach())
+
+
 def train_gan(data: str | Path, classes: list[str], out: str | Path, cfg: GanConfig = GanConfig(),
               log=print) -> dict:
     """Train within the budget; write OUT/<class>/*.png for each requested class, sample
@@ -220,11 +259,7 @@ def train_gan(data: str | Path, classes: list[str], out: str | Path, cfg: GanCon
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     grey = bool(np.all(images[..., :1] == images))  # NEU and most inspection data
-    g_net = Generator(len(names), cfg.img_size, cfg.z_dim, cfg.ch, 1 if grey else 3)
-    d_net = Discriminator(len(names), cfg.img_size, cfg.ch)
-    g_ema = copy.deepcopy(g_net).eval()
-    opt_g = torch.optim.Adam(g_net.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, 0.999))
-    opt_d = torch.optim.Adam(d_net.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, 0.999))
+    p = Players.build(len(names), grey, cfg)
     real = _to_tensor(images)
     by_class = [np.flatnonzero(labels == c) for c in range(len(names))]
     present = [c for c, idx in enumerate(by_class) if len(idx)]
@@ -237,36 +272,20 @@ def train_gan(data: str | Path, classes: list[str], out: str | Path, cfg: GanCon
     while (cfg.max_steps is None or step < cfg.max_steps) and budget.left() > 0:
         ys = rng.choice(present, cfg.batch)  # classes uniformly: the rare one as often as any
         idx = np.array([rng.choice(by_class[c]) for c in ys])
-        y = torch.from_numpy(ys)
-        # discriminator step: hinge loss on augmented real and generated images
-        with torch.no_grad():
-            fake = g_net(torch.randn(cfg.batch, cfg.z_dim, generator=gen), y)
-        d_loss = (F.relu(1 - d_net(diff_augment(real[idx], gen), y)).mean()
-                  + F.relu(1 + d_net(diff_augment(fake, gen), y)).mean())
-        opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
-        opt_d.step()
-        # generator step
-        fake = g_net(torch.randn(cfg.batch, cfg.z_dim, generator=gen), y)
-        g_loss = -d_net(diff_augment(fake, gen), y).mean()
-        opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
-        opt_g.step()
-        _update_ema(g_ema, g_net, min(cfg.ema, (1 + step) / (10 + step)))
+        d_loss, g_loss = p.step(real[idx], torch.from_numpy(ys), cfg, gen, step)
         step += 1
-        history.append({"step": step, "d_loss": float(d_loss.detach()), "g_loss": float(g_loss.detach()),
-                        "seconds": budget.elapsed()})
+        history.append({"step": step, "d_loss": d_loss, "g_loss": g_loss, "seconds": budget.elapsed()})
         bar.update(1)
         bar.set_postfix(d=f"{history[-1]['d_loss']:.2f}", g=f"{history[-1]['g_loss']:.2f}",
                         left=f"{max(0.0, budget.left()):.0f}s" if cfg.budget_s else "")
         if budget.elapsed() - last_grid >= cfg.grid_every_s:
-            grids.append(save_grid(g_ema, fixed_z, fixed_y, art / f"grid_step{step:06d}.png"))
+            grids.append(save_grid(p.g_ema, fixed_z, fixed_y, art / f"grid_step{step:06d}.png"))
             last_grid = budget.elapsed()
     bar.close()
     if step == 0:
         raise DataError("the budget ended before the first training step; give the GAN more time")
-    grids.append(save_grid(g_ema, fixed_z, fixed_y, art / f"grid_step{step:06d}.png"))
-    written = {c: write_samples(g_ema, names.index(c), out / c, cfg, gen) for c in classes}
+    grids.append(save_grid(p.g_ema, fixed_z, fixed_y, art / f"grid_step{step:06d}.png"))
+    written = {c: write_samples(p.g_ema, names.index(c), out / c, cfg, gen) for c in classes}
     summary = {"classes": names, "generated": {c: len(v) for c, v in written.items()},
                "train_images": {c: int((labels == names.index(c)).sum()) for c in classes},
                "train_sources": {c: [s for s, y in zip(sources, labels, strict=True)
@@ -274,7 +293,7 @@ def train_gan(data: str | Path, classes: list[str], out: str | Path, cfg: GanCon
                "n_train_total": int(len(labels)), "steps": step, "seconds": budget.elapsed(),
                "grey": grey, "grids": [str(p.relative_to(out)) for p in grids],
                "config": asdict(cfg)}
-    _save_artefacts(art, g_ema, summary, history)
+    _save_artefacts(art, p.g_ema, summary, history)
     log(f"gan: {step} steps in {summary['seconds']:.0f} s; wrote "
         + ", ".join(f"{n} {c}" for c, n in summary["generated"].items()) + f" image(s) to {out}")
     return summary
@@ -351,4 +370,4 @@ def _png(image) -> bytes:
     return buf.getvalue()
 
 
-__all__ = ["GanConfig", "train_gan", "diff_augment", "Generator", "Discriminator", "replace"]
+__all__ = ["GanConfig", "train_gan", "diff_augment", "Generator", "Discriminator"]
