@@ -59,6 +59,7 @@ def cfg(root: Path, out: str, synthetic: str) -> TrainConfig:
                        img_size=64, progress=False, synthetic=str(root / synthetic))
 
 
+@pytest.mark.slow
 def test_helpful_images_are_kept_in_the_training_split_only(fixture):
     import torch
 
