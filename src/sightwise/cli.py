@@ -129,6 +129,9 @@ def train(
                                                 "its own folder.")] = False,
     require_clean: Annotated[bool, typer.Option(help="Refuse data that `sightwise privacy "
                                                 "check` flags (GPS, EXIF, DICOM PHI, faces).")] = False,
+    synthetic: Annotated[str | None, typer.Option(help="Folder of generated images, one folder "
+                         "per class (`synth gan` OUT): added to the training split only, and "
+                         "only when cross-validation on the real images says they help.")] = None,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -149,7 +152,7 @@ def train(
                       ema_decay=ema_decay, members=members, tta=tta,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
-                      allow_outside=allow_outside)
+                      allow_outside=allow_outside, synthetic=synthetic)
     metrics = train_bundle(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")

@@ -40,6 +40,7 @@ class TrainConfig:
     progress: bool = True
     overwrite: bool = False  # replace an existing OUT/bundle
     allow_outside: bool = False  # a CSV manifest may name files outside its folder
+    synthetic: str | None = None  # folder of generated class folders; kept only if they help
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:

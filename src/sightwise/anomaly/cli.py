@@ -49,6 +49,10 @@ def fit(
     border: A[int, Opt("--border", help="Patches at the edge left out of the image score "
                        "(heat maps keep them).")] = 2,
     max_images: A[int | None, Opt("--max-images", help="Seeded subset of the good images.")] = None,
+    synthetic: A[bool, Opt("--synthetic", help="Also train a discriminative head on synthetic "
+                           "defects (procedural + feature noise, SimpleNet-style).")] = False,
+    synthetic_mode: A[str, Opt("--synthetic-mode", help="combined (head + memory bank) | "
+                               "head (the head alone).")] = "combined",
     threads: Threads = None,
 ):
     """Fit a detector on good images; threshold at the false-alarm rate on a held-out part."""
@@ -61,7 +65,8 @@ def fit(
     cfg = FitConfig(backbone=model, img_size=img_size, resize=resize, coreset=coreset,
                     false_alarm_rate=false_alarm_rate, holdout=holdout, seed=seed,
                     threshold_mode=threshold_mode, threads=threads, max_images=max_images,
-                    pad=reflect_pad, border=border)
+                    pad=reflect_pad, border=border,
+                    synthetic=synthetic_mode if synthetic else None)
     meta = fit_detector(good_images, out, cfg, defects=defects)
     typer.echo(json.dumps({"out": str(out), "threshold": meta["threshold"],
                            "thresholds": meta["thresholds"], "metrics": meta["metrics"]}, indent=2))

@@ -18,6 +18,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 
 from sightwise.anomaly.patchcore import PatchCore
+from sightwise.anomaly.synthetic import attach_head
 from sightwise.bundle import Bundle, load_bundle
 from sightwise.core import make_session
 from sightwise.data.preprocess import Preprocessing, normalize, resize_rgb
@@ -86,8 +87,8 @@ class Detector:
         self.pre = b.preprocessing
         self.session = make_session(b.file("extractor.onnx"), threads)
         border = int(b.meta.section("anomaly").get("border", 0))
-        self.core = PatchCore(1.0, threads=threads, border=border).set_bank(
-            load_memory(b.file("memory.npy")))
+        self.core = attach_head(PatchCore(1.0, threads=threads, border=border).set_bank(
+            load_memory(b.file("memory.npy"))), b)  # with --synthetic: bank + head (synthetic.py)
         threshold = b.meta.raw.get("threshold")
         if isinstance(threshold, bool) or not isinstance(threshold, int | float) \
                 or not np.isfinite(threshold):

@@ -53,6 +53,7 @@ class FitConfig:
     border: int = 2  # patches at the map's edge left out of the image score
     threads: int | None = None
     max_images: int | None = None  # a seeded subset of the good images (None: all)
+    synthetic: str | None = None  # "combined" | "head": a head trained on synthetic defects
 
 
 def split_good(files: list[Path], cfg: FitConfig) -> tuple[list[Path], list[Path]]:
@@ -90,6 +91,8 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
         raise ValueError(f"threshold mode must be 'far' or 'f1', got {cfg.threshold_mode!r}")
     if cfg.resize not in ("letterbox", "stretch"):  # a centre crop would hide the sides
         raise ValueError(f"resize must be 'letterbox' or 'stretch', got {cfg.resize!r}")
+    if cfg.synthetic not in (None, "combined", "head"):
+        raise ValueError(f"synthetic mode must be 'combined' or 'head', got {cfg.synthetic!r}")
     if cfg.threshold_mode == "f1" and defects is None:
         raise ValueError("--threshold-mode f1 needs --defects")
     if cfg.threads:
@@ -110,6 +113,11 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
     buf = io.BytesIO()
     np.save(buf, core.memory_bank, allow_pickle=False)
     atomic_write_bytes(out / "memory.npy", buf.getvalue())
+    if cfg.synthetic:  # anomaly/synthetic.py: the scorer becomes bank + head (or head alone)
+        from sightwise.anomaly.synthetic import fit_synthetic
+        core, synthetic = fit_synthetic(core, feats, content, fit_files, held, pre,
+                                        out / "extractor.onnx", out, cfg.synthetic, cfg.seed,
+                                        cfg.threads)
 
     held_scores = _scores(core, out / "extractor.onnx", held, pre, cfg.threads)
     thresholds = {"far": {"value": far_threshold(held_scores, cfg.false_alarm_rate),
@@ -127,6 +135,8 @@ def fit_detector(good: str | Path, out: str | Path, cfg: FitConfig = FitConfig()
     chosen = thresholds[cfg.threshold_mode]["value"]
     metrics["holdout_false_alarm_rate"] = float(np.mean(held_scores > chosen))
     meta = _meta(cfg, pre, feats.shape, chosen, thresholds, metrics)
+    if cfg.synthetic:
+        meta["anomaly"]["synthetic"] = synthetic
     return write_bundle_meta(out, meta)
 
 

@@ -140,10 +140,15 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         np.random.seed(cfg.seed)
         budget = Budget(cfg.budget_s)
         data = prepare_data(cfg, run_dir, log)
+        if cfg.synthetic:  # train/synthetic.py: generated images join train only if they help
+            from sightwise.train.synthetic import apply_synthetic, record_synthetic
+            data, synthetic = apply_synthetic(cfg, data, log)
         pre = data.preprocessing
         log(_summary(data))
         trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log)
         metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)
+        if cfg.synthetic:
+            record_synthetic(run_dir, metrics, synthetic)
         write_bundle(cfg, pre, data, trained, metrics, run_dir / "bundle")
     except BaseException:
         if created:  # a failed run leaves nothing behind it made
