@@ -122,6 +122,8 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing OUT/bundle.")] = False,
     allow_outside: Annotated[bool, typer.Option(help="Let a CSV manifest name files outside "
                                                 "its own folder.")] = False,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Fine-tune data-parallel in this "
+                     "many processes (torchrun + DDP; gloo on CPU, one GPU each with NCCL).")] = 1,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
@@ -129,8 +131,10 @@ def train(
     metrics.json, report.html and bundle/ into OUT."""
     from sightwise.config import TrainConfig, parse_duration
     from sightwise.export.api import train_and_export
+    from sightwise.train import distributed
 
-    _set_torch_threads(threads)
+    if not distributed.under_torchrun():
+        _set_torch_threads(threads)
     cfg = TrainConfig(data=data, out=out, strategy=strategy, model=model,
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
                       epochs=epochs, batch_size=batch_size, lr=lr, patience=patience, unfreeze=unfreeze,
@@ -138,7 +142,14 @@ def train(
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
                       allow_outside=allow_outside)
-    metrics = train_and_export(cfg, log=_log)
+    if distributed.under_torchrun():  # started by torchrun: this process is one rank
+        metrics = distributed.run_rank(cfg, log=_log)
+        if metrics is None:
+            return  # rank 0 writes, tracks and reports
+    elif nproc > 1:
+        metrics = distributed.launch(cfg, nproc, threads=threads, log=_log)
+    else:
+        metrics = train_and_export(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
 
@@ -148,26 +159,65 @@ def train(
 def predict(
     bundle: Annotated[str, typer.Argument(help="Bundle folder, run folder, NAME@ALIAS or "
                                           "NAME/VERSION.")],
-    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders, CSV lists (a "
+                                                "path column) or glob patterns.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write one row per file to "
+                   "this .csv or .parquet as batches finish (batch prediction).")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include sub-folders "
+                         "(and let ** in a glob match any depth).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --out: "
+                      "skip the files it already holds.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data; needs "
+                      "sightwise[scale]). With --out only.")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to "
+                           "use (default: start a local one sized to this machine).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per ONNX "
+                          "batch.")] = 32,
     threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
-    """Top-k classes with calibrated probabilities for each image (ONNX Runtime, no torch)."""
-    from sightwise.predict import predict_files
+    """Top-k classes with calibrated probabilities for each image (ONNX Runtime, no torch).
+    With --out: batch prediction over folders, streamed, resumable (docs/guides/scale.md)."""
+    if out is not None:
+        _predict_to_file(bundle, images, out, top_k=top_k, recursive=recursive, resume=resume,
+                         engine=engine, ray_address=ray_address, batch_size=batch_size,
+                         threads=threads, progress=progress, as_json=as_json)
+        return
+    if resume or engine != "local" or ray_address:
+        raise ValueError("--resume, --engine and --ray-address need --out FILE")
+    from sightwise.predict import predict_stream
 
-    preds = predict_files(bundle, images, top_k=top_k, threads=threads)
+    preds, failed = [], False
+    for p in predict_stream(bundle, images, top_k=top_k, recursive=recursive, threads=threads,
+                            batch_size=batch_size):
+        failed |= p.error is not None
+        if as_json:
+            preds.append(_pred_dict(p))
+        elif p.error:
+            typer.echo(f"{p.source}: error: {p.error}")
+        else:
+            tops = ", ".join(f"{c.label} {c.probability:.3f}" for c in p.top)
+            typer.echo(f"{p.source}: {tops}")
     if as_json:
-        typer.echo(json.dumps([_pred_dict(p) for p in preds], indent=2))
-    else:
-        for p in preds:
-            if p.error:
-                typer.echo(f"{p.source}: error: {p.error}")
-            else:
-                tops = ", ".join(f"{c.label} {c.probability:.3f}" for c in p.top)
-                typer.echo(f"{p.source}: {tops}")
-    if any(p.error for p in preds):
+        typer.echo(json.dumps(preds, indent=2))
+    if failed:
         sys.exit(1)
+
+
+def _predict_to_file(bundle: str, images: list[str], out: str, *, as_json: bool, **options) -> None:
+    from sightwise.predict import predict_to_file
+
+    # The prediction log (`--log DIR`, issue #9) goes here: pass
+    # observer=<a callable taking each batch of written rows> to predict_to_file.
+    summary = predict_to_file(bundle, images, out, log=_log, **options)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _log(f"wrote {summary['written']} row(s) to {out} ({summary['errors']} unreadable, "
+             f"{summary['already_done']} already there; "
+             f"{summary['images_per_second'] or 0:.1f} images/s, {summary['engine']} engine)")
 
 
 def _pred_dict(p) -> dict:
