@@ -30,11 +30,11 @@ COLUMNS = ["path", "score", "verdict", "overlay", "error"]
 def overlay_name(file: str | Path, root: Path) -> str:
     """overlays/ file name of an image: its path under `root` joined by '__'.
 
-    >>> overlay_name("data/a/b.png", Path("data"))
-    'a__b.png'
+    >>> overlay_name("data/a/b.png", Path("data")), overlay_name("x/c.png", Path("x/c.png"))
+    ('a__b.png', 'c.png')
     """
     file = Path(file)
-    rel = file.relative_to(root) if root.is_dir() else Path(file.name)
+    rel = file.relative_to(root) if file != root and file.is_relative_to(root) else Path(file.name)
     return "__".join(rel.with_suffix("").parts) + ".png"
 
 

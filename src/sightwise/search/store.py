@@ -74,6 +74,7 @@ class IvfParams:
     nlist: int = 0
     nprobe: int = 32
     pq_m: int = 0
+    pq_bits: int = 8
     rerank: int = 10
 
 
@@ -98,12 +99,13 @@ def ivf_nlist(n: int) -> int:
 
 
 def pq_m_for(dim: int) -> int:
-    """Sub-quantisers for IVF-PQ: about one per 20 dimensions, a divisor of `dim`.
+    """Sub-quantisers for IVF-PQ (one byte each): about one per 20 dimensions, at least 8,
+    a divisor of `dim`.
 
-    >>> pq_m_for(1280), pq_m_for(32), pq_m_for(7)
-    (64, 8, 7)
+    >>> pq_m_for(1280), pq_m_for(32), pq_m_for(7), pq_m_for(500)
+    (64, 8, 7, 25)
     """
-    want = max(1, dim // 20)
+    want = max(min(8, dim), dim // 20)
     return min((m for m in range(1, dim + 1) if dim % m == 0), key=lambda m: (abs(m - want), m))
 
 
@@ -151,14 +153,17 @@ class SearchIndex:
 
     def _trained_ivf(self, x: np.ndarray) -> faiss.Index:
         """IVF(-PQ) trained on a seeded sample of `x` (64 points a cell is plenty)."""
-        self.ivf.nlist = self.ivf.nlist or ivf_nlist(len(x))
+        # k-means needs a point per centroid: a tiny collection gets fewer cells and,
+        # for PQ, fewer bits per code (2^bits centroids per sub-quantiser)
+        self.ivf.nlist = min(self.ivf.nlist or ivf_nlist(len(x)), len(x))
         quantizer = faiss.IndexFlatIP(self.dim)
         if self.kind == "ivf":
             inner = faiss.IndexIVFFlat(quantizer, self.dim, self.ivf.nlist, faiss.METRIC_INNER_PRODUCT)
         else:
             self.ivf.pq_m = self.ivf.pq_m or pq_m_for(self.dim)
-            inner = faiss.IndexIVFPQ(quantizer, self.dim, self.ivf.nlist, self.ivf.pq_m, 8,
-                                     faiss.METRIC_INNER_PRODUCT)
+            self.ivf.pq_bits = max(1, min(self.ivf.pq_bits, int(math.log2(len(x)))))
+            inner = faiss.IndexIVFPQ(quantizer, self.dim, self.ivf.nlist, self.ivf.pq_m,
+                                     self.ivf.pq_bits, faiss.METRIC_INNER_PRODUCT)
         rows = np.random.default_rng(0).permutation(len(x))[:64 * self.ivf.nlist]
         inner.train(np.ascontiguousarray(x[np.sort(rows)]))
         inner.nprobe = self.ivf.nprobe
