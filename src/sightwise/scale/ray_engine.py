@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sightwise.errors import SightwiseError
 from sightwise.scale.sources import Loaded, batched, precheck
 
 CHUNK_FILES = 20_000  # paths per Ray Dataset: bounds the driver's memory, amortises start-up
@@ -39,13 +40,17 @@ CHUNK_FILES = 20_000  # paths per Ray Dataset: bounds the driver's memory, amort
 def ray_session(address: str | None = None, *, num_cpus: int | None = None):
     """Connect to the cluster at `address` (e.g. ray://head:10001, or "auto"), or start a
     local one sized to this machine with no dashboard; shut down only what we started."""
-    import ray
-    import ray.data
+    try:
+        import ray
+        import ray.data
+    except ImportError:
+        raise SightwiseError("--engine ray needs Ray Data: pip install 'sightwise[scale]'") from None
 
     if ray.is_initialized():
         yield ray
         return
     quiet = {"logging_level": logging.WARNING, "log_to_driver": False}
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its INFO lines per dataset
     if address:
         ray.init(address=address, **quiet)
     else:
