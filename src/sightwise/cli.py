@@ -142,16 +142,29 @@ def train(
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
                       allow_outside=allow_outside)
-    if distributed.under_torchrun():  # started by torchrun: this process is one rank
-        metrics = distributed.run_rank(cfg, log=_log)
+    if distributed.under_torchrun() or nproc > 1:
+        # started by torchrun (this process is one rank), or launching torchrun ourselves
+        metrics = (distributed.run_rank(cfg, log=_log) if distributed.under_torchrun()
+                   else distributed.launch(cfg, nproc, threads=threads, log=_log))
         if metrics is None:
-            return  # rank 0 writes, tracks and reports
-    elif nproc > 1:
-        metrics = distributed.launch(cfg, nproc, threads=threads, log=_log)
+            return  # not rank 0: rank 0 exports, tracks and reports
+        metrics = _export_trained(Path(out), metrics)
     else:
         metrics = train_and_export(cfg, log=_log)
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
+
+
+def _export_trained(run_dir: Path, metrics: dict) -> dict:
+    """The export step of `train_and_export`, after a distributed run wrote the bundle."""
+    from sightwise.bundle import atomic_write_json
+    from sightwise.export.api import export_bundle
+
+    report = export_bundle(run_dir / "bundle", log=_log)
+    metrics["export"] = {"fp32_passed": bool(report["passed"]), "split": report["split"],
+                         "n": report["n"], "fp32": report["fp32"]}
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    return metrics
 
 
 @app.command()

@@ -15,7 +15,8 @@ What each rank does:
 3. what must be the same everywhere is agreed: the budget's clock and the epoch plan come
    from rank 0, validation is split across ranks and gathered, the mean loss and the image
    count are all-reduced, so every rank stops at the same step;
-4. rank 0 alone evaluates, writes the report and the bundle, and exports the ONNX graph.
+4. rank 0 alone evaluates, writes the report and the bundle; the command then exports the
+   ONNX graph (in rank 0, or in the process that launched torchrun).
 
 `auto` fine-tunes under --nproc (its linear probe is one forward pass, nothing to share).
 BatchNorm statistics are each rank's own (no SyncBatchNorm): timm's default as well.
@@ -52,7 +53,8 @@ def under_torchrun() -> bool:
 
 
 def launch(cfg: TrainConfig, nproc: int, *, threads: int | None = None, log=print) -> dict:
-    """Train with `nproc` processes under torchrun on this machine; rank 0's metrics.
+    """Train with `nproc` processes under torchrun on this machine; rank 0's metrics (the
+    bundle is written, not exported yet).
 
     Each rank gets `threads` (default: cores / nproc) intra-op threads, so N ranks do not
     oversubscribe the CPU."""
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_rank(cfg: TrainConfig, log=print) -> dict | None:
     """This process's part of a distributed run; rank 0 returns the metrics (bundle
-    written and exported), the others None."""
+    written, not exported yet), the others None."""
     from sightwise.train.strategies import run_strategy
 
     check_strategy(cfg)
@@ -166,21 +168,21 @@ def _shared_data(cfg: TrainConfig, rank: int, log):
 
 
 def _finish(run_cfg, cfg, pre, data, trained, budget, log) -> dict:
-    """Rank 0: evaluate, report, bundle, export, as `train_and_export` does."""
+    """Rank 0: evaluate, report and write the bundle, as `run_training` does. Exporting
+    the ONNX graph is the caller's step (`sightwise.cli` calls `export_bundle`: the export
+    layer sits above training)."""
     import shutil
 
     from sightwise.bundle import atomic_write_json
-    from sightwise.export.api import export_bundle
     from sightwise.train.evaluation import evaluate_and_report
     from sightwise.train.pipeline import write_bundle
 
     run_dir = Path(cfg.out)
     shutil.rmtree(run_dir / "cache" / "ranks", ignore_errors=True)
+    if (run_dir / "cache").is_dir() and not any((run_dir / "cache").iterdir()):
+        (run_dir / "cache").rmdir()
     metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)
     write_bundle(cfg, pre, data, trained, metrics, run_dir / "bundle")
-    report = export_bundle(run_dir / "bundle", log=log)
-    metrics["export"] = {"fp32_passed": bool(report["passed"]), "split": report["split"],
-                         "n": report["n"], "fp32": report["fp32"]}
     members = trained.candidates.get(run_cfg.strategy, {}).get("members", [])
     metrics["distributed"] = {
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
