@@ -29,7 +29,7 @@ LAYERS = {
     "train": 3, "evaluate": 3, "baselines": 3, "synth": 3,
     "export": 4, "registry": 5,
     "runtime": 6, "search": 6, "anomaly": 6, "monitor": 6, "label": 6, "privacy": 6,
-    "stream": 6,
+    "stream": 6, "scale": 6,
     "serve": 7, "predict": 8, "explain": 8, "describe": 8, "workflows": 8, "pipeline": 8,
     "cli": 9,
 }
@@ -92,11 +92,12 @@ assert "torch" not in sys.modules
 print("ok")
 """
 # Packages that also keep a heavy import lazy: the registry opens MLflow on first use only.
-LAZY = {"registry": 'assert "mlflow" not in sys.modules, "MLflow is imported lazily, on first use"'}
+LAZY = {"registry": 'assert "mlflow" not in sys.modules, "MLflow is imported lazily, on first use"',
+        "scale": 'assert "ray" not in sys.modules, "Ray is imported lazily, by --engine ray"'}
 
 
 @pytest.mark.parametrize("pkg", ["runtime", "search", "monitor", "serve", "registry", "label",
-                                 "privacy", "stream"])
+                                 "privacy", "stream", "scale"])
 def test_imports_without_torch(pkg):
     script = BLOCK_TORCH.replace("{pkg}", pkg).replace("{extra}", LAZY.get(pkg, ""))
     res = subprocess.run([sys.executable, "-c", script],

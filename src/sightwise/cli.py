@@ -132,15 +132,19 @@ def train(
     synthetic: Annotated[str | None, typer.Option(help="Folder of generated images, one folder "
                          "per class (`synth gan` OUT): added to the training split only, and "
                          "only when cross-validation on the real images says they help.")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Fine-tune data-parallel in this "
+                     "many processes (torchrun + DDP; gloo on CPU, one GPU each with NCCL).")] = 1,
     threads: Threads = None,
     progress: Progress = True,
 ) -> None:
     """Train a classifier, export its ONNX graph (parity-checked against PyTorch) and write
     metrics.json, report.html and bundle/ into OUT."""
     from sightwise.config import TrainConfig, parse_duration
+    from sightwise.train.distributed import under_torchrun
     from sightwise.workflows import train as train_bundle
 
-    _set_torch_threads(threads)
+    if not under_torchrun():  # torchrun sets each rank's threads
+        _set_torch_threads(threads)
     if require_clean:
         from sightwise.privacy.check import require_clean as check_clean
 
@@ -153,7 +157,9 @@ def train(
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
                       allow_outside=allow_outside, synthetic=synthetic)
-    metrics = train_bundle(cfg, log=_log)
+    metrics = train_bundle(cfg, log=_log, nproc=nproc, threads=threads)
+    if metrics is None:
+        return  # a rank other than 0: rank 0 exports, tracks and reports
     _track("train", Path(out), metrics, cfg.to_dict(), Path(out) / "bundle")
     _log(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'report.html'}, {Path(out) / 'bundle'}")
 
@@ -163,26 +169,77 @@ def train(
 def predict(
     bundle: Annotated[str, typer.Argument(help="Bundle folder, run folder, NAME@ALIAS or "
                                           "NAME/VERSION.")],
-    images: Annotated[list[str], typer.Argument(help="Image files.")],
+    images: Annotated[list[str], typer.Argument(help="Image files, folders, CSV lists (a "
+                                                "path column) or glob patterns.")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Classes to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Write one row per file to "
+                   "this .csv or .parquet as batches finish (batch prediction).")] = None,
+    recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Include sub-folders "
+                         "(and let ** in a glob match any depth).")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted --out: "
+                      "skip the files it already holds.")] = False,
+    engine: Annotated[str, typer.Option(help="local (this machine) | ray (Ray Data; needs "
+                      "sightwise[scale]). With --out only.")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to "
+                           "use (default: start a local one sized to this machine).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per ONNX "
+                          "batch.")] = 32,
+    log_dir: Annotated[str | None, typer.Option("--log", help="Also append every prediction "
+                       "to this prediction log (as `serve --log DIR`), so the batch is "
+                       "monitored for drift.")] = None,
+    keep_images: Annotated[bool, typer.Option("--keep-images", help="With --log: store the "
+                           "image bytes too (for the labelling queue).")] = False,
     threads: Threads = None,
+    progress: Progress = True,
 ) -> None:
-    """Top-k classes with calibrated probabilities for each image (ONNX Runtime, no torch)."""
-    from sightwise.predict import predict_files
+    """Top-k classes with calibrated probabilities for each image (ONNX Runtime, no torch).
+    With --out: batch prediction over folders, streamed, resumable (docs/guides/scale.md).
+    With --log DIR: every prediction is also appended to a prediction log
+    (docs/guides/monitoring.md)."""
+    if keep_images and log_dir is None:
+        raise ValueError("--keep-images needs --log DIR")
+    if log_dir is not None and out is not None:
+        raise ValueError("--log and --out cannot be combined yet: run the batch with --out, "
+                         "or log it with --log (printing to stdout)")
+    if out is not None:
+        _predict_to_file(bundle, images, out, top_k=top_k, recursive=recursive, resume=resume,
+                         engine=engine, ray_address=ray_address, batch_size=batch_size,
+                         threads=threads, progress=progress, as_json=as_json)
+        return
+    if resume or engine != "local" or ray_address:
+        raise ValueError("--resume, --engine and --ray-address need --out FILE")
+    from sightwise.predict import predict_logged, predict_stream
 
-    preds = predict_files(bundle, images, top_k=top_k, threads=threads)
+    options = dict(top_k=top_k, recursive=recursive, threads=threads, batch_size=batch_size)
+    stream = (predict_stream(bundle, images, **options) if log_dir is None else
+              predict_logged(bundle, images, log_dir, keep_images=keep_images, **options))
+    preds, failed = [], False
+    for p in stream:
+        failed |= p.error is not None
+        if as_json:
+            preds.append(_pred_dict(p))
+        elif p.error:
+            typer.echo(f"{p.source}: error: {p.error}")
+        else:
+            tops = ", ".join(f"{c.label} {c.probability:.3f}" for c in p.top)
+            typer.echo(f"{p.source}: {tops}")
     if as_json:
-        typer.echo(json.dumps([_pred_dict(p) for p in preds], indent=2))
-    else:
-        for p in preds:
-            if p.error:
-                typer.echo(f"{p.source}: error: {p.error}")
-            else:
-                tops = ", ".join(f"{c.label} {c.probability:.3f}" for c in p.top)
-                typer.echo(f"{p.source}: {tops}")
-    if any(p.error for p in preds):
+        typer.echo(json.dumps(preds, indent=2))
+    if failed:
         sys.exit(1)
+
+
+def _predict_to_file(bundle: str, images: list[str], out: str, *, as_json: bool, **options) -> None:
+    from sightwise.predict import predict_to_file
+
+    summary = predict_to_file(bundle, images, out, log=_log, **options)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _log(f"wrote {summary['written']} row(s) to {out} ({summary['errors']} unreadable, "
+             f"{summary['already_done']} already there; "
+             f"{summary['images_per_second'] or 0:.1f} images/s, {summary['engine']} engine)")
 
 
 def _pred_dict(p) -> dict:

@@ -15,12 +15,30 @@ from sightwise.config import TrainConfig
 from sightwise.errors import BundleError
 
 
-def train(cfg: TrainConfig, log=print) -> dict:
+def train(cfg: TrainConfig, log=print, *, nproc: int = 1, threads: int | None = None
+          ) -> dict | None:
     """Train, evaluate, bundle, export fp32 ONNX (parity-checked) and write reference.npz;
-    returns the metrics (also RUN/metrics.json)."""
-    from sightwise.export.api import train_and_export
+    returns the metrics (also RUN/metrics.json).
 
-    metrics = train_and_export(cfg, log=log)
+    With `nproc` > 1 the training runs as that many DDP processes under torchrun; in a
+    process torchrun started (one rank) only rank 0 goes on to export, the others return
+    None."""
+    from sightwise.export.api import export_trained, train_and_export
+    from sightwise.train import distributed
+
+    if distributed.under_torchrun():
+        metrics = distributed.run_rank(cfg, log=log)
+        if metrics is None:
+            return None
+    elif nproc > 1:
+        metrics = distributed.launch(cfg, nproc, threads=threads, log=log)
+    else:
+        return _with_reference(cfg, train_and_export(cfg, log=log), log)
+    return _with_reference(cfg, export_trained(Path(cfg.out), metrics, log=log,
+                                               progress=cfg.progress), log)
+
+
+def _with_reference(cfg: TrainConfig, metrics: dict, log) -> dict:
     add_reference(Path(cfg.out) / "bundle", log=log)
     return metrics
 

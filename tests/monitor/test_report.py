@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -234,3 +235,38 @@ def test_monitor_summary_reads_the_recent_log(stream_log, ref_bundle):
     assert [w["index"] for w in s["windows"]] == [2, 3] and s["alerts"] == 1
     assert s["gauges"]["sightwise_monitor_alert"] == 1.0
     assert s["gauges"]["sightwise_monitor_log_healthy"] == 1.0
+
+
+def test_predict_log_appends_what_it_prints_and_the_report_reads_it(ref_bundle, tmp_path):
+    """The contract: `sightwise predict BUNDLE FOLDER --log DIR` appends to the prediction
+    log like the server does, and `monitor report DIR --bundle B --json` reads it."""
+    from sightwise.cli import app
+    from sightwise.export.manifest import bundle_samples
+    from sightwise.monitor.log import read_records
+    from sightwise.runtime import Predictor
+
+    pred = Predictor(ref_bundle, threads=1)
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for s in bundle_samples(pred.bundle, "test")[:5]:
+        shutil.copy(s.source, folder / Path(s.source).name)
+    (folder / "zz_broken.png").write_bytes(b"not an image")
+    res = CliRunner().invoke(app, ["predict", str(ref_bundle), str(folder), "--log",
+                                   str(tmp_path / "log"), "--json", "--threads", "1"])
+    assert res.exit_code == 1, res.output  # one file failed to decode: reported, exit 1
+    printed = json.loads(res.stdout)
+    answered = [p for p in printed if p["error"] is None]
+    assert len(printed) == 6 and len(answered) == 5
+    recs = list(read_records(tmp_path / "log"))
+    assert [r["source"] for r in recs] == [p["image"] for p in answered]
+    want = pred.predict_paths([p["image"] for p in answered], top_k=len(pred.classes))
+    for r, w in zip(recs, want, strict=True):
+        # named as `serve --bundle RUN/bundle` names it: the run folder, local-<sha>
+        assert r["model"] == ref_bundle.parent.name and r["version"].startswith("local-")
+        probs = dict(zip(pred.classes, r["probs"], strict=True))
+        assert [probs[c.label] for c in w.top] == pytest.approx([c.probability for c in w.top],
+                                                                abs=1e-5)
+    res = CliRunner().invoke(app, ["monitor", "report", str(tmp_path / "log"), "--bundle",
+                                   str(ref_bundle), "--window", "5", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["windows"][0]["n"] == 5

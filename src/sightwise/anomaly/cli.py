@@ -76,17 +76,30 @@ def fit(
 @user_errors
 def score(
     detector: A[Path, typer.Argument(help="Detector bundle folder.")],
-    images: A[Path, typer.Argument(help="An image or a folder of images.")],
+    images: A[Path, typer.Argument(help="An image or a folder of images (sub-folders too), "
+                                   "streamed: any number of files.")],
     out: A[Path, Opt("--out", help="Folder for overlays/, scores.csv, scores.json.")],
+    engine: A[str, Opt("--engine", help="local (this machine) | ray (Ray Data; needs "
+                       "sightwise[scale]).")] = "local",
+    ray_address: A[str | None, Opt("--ray-address", help="Ray cluster to use (default: a "
+                                   "local one sized to this machine).")] = None,
     threads: Threads = None,
+    progress: A[bool, Opt(help="Show a progress bar (rate and ETA).")] = True,
 ):
     """Score images: verdicts, heat-map overlays, scores.csv and scores.json in --out."""
     from sightwise.anomaly.detector import Detector
-    from sightwise.anomaly.scoring import score_folder
+    from sightwise.cli_errors import user_errors
+    from sightwise.scale.inspect import score_stream
 
-    rows = score_folder(Detector(detector, threads=threads), images, out)
-    n_def = sum(r["verdict"] == "defect" for r in rows)
-    typer.echo(f"{len(rows)} images, {n_def} defect, results in {out}")
+    @user_errors
+    def run() -> dict:
+        if engine not in ("local", "ray"):
+            raise ValueError(f"--engine must be local or ray, got {engine!r}")
+        return score_stream(Detector(detector, threads=threads), images, out, engine=engine,
+                            threads=threads, ray_address=ray_address, progress=progress)
+
+    counts = run()
+    typer.echo(f"{counts['n']} images, {counts['n_defect']} defect, results in {out}")
 
 
 @inspect_app.command("evaluate")

@@ -48,8 +48,13 @@ def train_and_export(cfg, log=print) -> dict:
     from sightwise.train.pipeline import run_training
 
     metrics = run_training(cfg, log=log)
-    run_dir = Path(cfg.out)
-    report = export_bundle(run_dir / "bundle", log=log, progress=cfg.progress)
+    return export_trained(Path(cfg.out), metrics, log=log, progress=cfg.progress)
+
+
+def export_trained(run_dir: Path, metrics: dict, *, log=print, progress: bool = True) -> dict:
+    """The export step of `train_and_export` for a run whose bundle is written (also after a
+    distributed run): fp32 ONNX with its parity check, recorded in RUN/metrics.json."""
+    report = export_bundle(run_dir / "bundle", log=log, progress=progress)
     metrics["export"] = {"fp32_passed": bool(report["passed"]), "split": report["split"],
                          "n": report["n"], "fp32": report["fp32"]}
     atomic_write_json(run_dir / "metrics.json", metrics)

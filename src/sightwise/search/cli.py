@@ -51,7 +51,8 @@ def build(
     images: Annotated[str, typer.Argument(help="Folder (recursive), dataset or CSV manifest.")],
     bundle: Annotated[str, typer.Option("--bundle", help="Bundle: NAME@ALIAS, NAME/V or DIR.")],
     out: Annotated[str, typer.Option("--out", help="Index folder to write.")],
-    kind: Annotated[str, typer.Option("--kind", help="auto|flat|hnsw.")] = "auto",
+    kind: Annotated[str, typer.Option("--index", "--kind", help="auto|flat|hnsw|ivf|ivfpq "
+                                      "(auto: by collection size, and says which).")] = "auto",
     flat_limit: Annotated[int, typer.Option("--flat-limit", help="auto: HNSW at or above "
                                             "this many images.")] = 50_000,
     m: Annotated[int, typer.Option("--hnsw-m", help="HNSW links per node.")] = 32,
@@ -59,15 +60,22 @@ def build(
                                                  "kept while linking a new item.")] = 200,
     ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW candidates kept while "
                                            "searching (recall against speed).")] = 128,
+    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF cells scanned per query.")] = 32,
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine) | ray (Ray "
+                      "Data; needs sightwise[scale]).")] = "local",
+    ray_address: Annotated[str | None, typer.Option("--ray-address", help="Ray cluster to "
+                           "use (default: a local one sized to this machine).")] = None,
     labels: Labels = "top", threads: Threads = None, progress: Progress = True,
     quiet: Quiet = False,
 ) -> None:
-    """Embed every image with the bundle into a new index (and say which embedding it is)."""
-    from sightwise.search.api import build_index
-    from sightwise.search.store import HnswParams
+    """Embed every image with the bundle into a new index (streamed through a bounded
+    decode pool, or Ray actors with --engine ray), and say which embedding it is."""
+    from sightwise.scale.embed import build_index
+    from sightwise.search.store import HnswParams, IvfParams
 
-    index = build_index(images, bundle, out, kind=kind, labels=labels, flat_limit=flat_limit,
-                        hnsw=HnswParams(m, ef_construction, ef_search), threads=threads,
+    index = build_index(images, bundle, out, index=kind, engine=engine, labels=labels,
+                        flat_limit=flat_limit, hnsw=HnswParams(m, ef_construction, ef_search),
+                        ivf=IvfParams(nprobe=nprobe), threads=threads, ray_address=ray_address,
                         progress=_show_progress(progress, quiet), log=_err)
     _say_which_embedding(index.bundle)
 

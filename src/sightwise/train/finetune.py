@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from sightwise.config import TrainConfig
 from sightwise.core import is_imbalanced
 from sightwise.data.preprocess import Preprocessing
+from sightwise.train import distributed
 from sightwise.train.allocator import keep_freed_memory
 from sightwise.train.augment import augment_batch, make_augment, to_input
 from sightwise.train.budget import Budget
@@ -117,6 +118,7 @@ def fit(
     `plan` it runs `cfg.epochs` and the budget only stops it."""
     x_train, y_train = train
     x_val, y_val = val
+    budget = distributed.synced(budget)  # under DDP every rank reads rank 0's clock
     num_classes = model.head.out_features
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     use_amp = device.type == "cuda"
@@ -126,6 +128,7 @@ def fit(
 
     model.to(device).to(memory_format=torch.channels_last)
     set_trainable(model, cfg.unfreeze)
+    net = distributed.wrap(model, cfg.seed)  # DistributedDataParallel under torchrun, else model
     opt = make_optimizer(model, lr=lr, head_lr=head_lr, weight_decay=cfg.weight_decay)
     base_lrs = [lr, head_lr]
     weights = class_weights(y_train, num_classes, cfg.balance)
@@ -162,7 +165,7 @@ def fit(
         order = torch.randperm(len(x_train), generator=g).numpy()
         losses = []
         for i in range(0, len(order), cfg.batch_size):
-            idx = np.sort(order[i:i + cfg.batch_size])
+            idx = distributed.shard(np.sort(order[i:i + cfg.batch_size]))  # this rank's rows
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             # warm-up then cosine (Loshchilov & Hutter 2017), per step
@@ -174,7 +177,7 @@ def fit(
             xb = to_input(xb, pre).to(device)
             yb = torch.from_numpy(y_train[idx]).to(device)
             with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model(xb), yb)
+                loss = loss_fn(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -185,21 +188,22 @@ def fit(
             seen += len(idx)
             if (plan and epoch == 0 and step == min(PLAN_AFTER_STEPS, steps_per_epoch)
                     and budget.seconds is not None):
-                per_step = (time.perf_counter() - t_fit) / step
+                per_step = distributed.agree((time.perf_counter() - t_fit) / step)
                 if budget.left() < 2 * steps_per_epoch * per_step:
                     # Not even two epochs fit: fit the schedule to the steps that do.
                     total_steps, warmup_steps, planned = _plan(
-                        budget, time.perf_counter() - t_fit, step, steps_per_epoch, cfg)
+                        budget, distributed.agree(time.perf_counter() - t_fit), step,
+                        steps_per_epoch, cfg)
                     step_planned = True
             if budget.left() <= 0 or step >= total_steps:  # even mid-way through an epoch
                 break
         t_train += time.perf_counter() - t0
-        val_logits = evaluate_logits(judged, x_val, pre)
+        val_logits = distributed.evaluate(evaluate_logits, judged, x_val, pre)
         val_pred = val_logits.argmax(1)
         val_acc = float((val_pred == y_val).mean()) if len(y_val) else 0.0
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits),
                                                      torch.from_numpy(y_val)).item())
-        epoch_seconds = time.perf_counter() - t0
+        epoch_seconds = distributed.agree(time.perf_counter() - t0)
         if plan and epoch == 0 and budget.seconds is not None and not step_planned:
             planned = plan_epochs(budget.left(), epoch_seconds * PLAN_MARGIN, done=1, cap=cfg.epochs)
             if planned >= 2:
@@ -208,7 +212,7 @@ def fit(
                     warmup_steps = min(warmup_steps, total_steps - steps_per_epoch)
             else:  # no whole epoch fits: fit the cosine to the steps that still do
                 total_steps, warmup_steps, planned = _plan(
-                    budget, time.perf_counter() - t_fit, step, steps_per_epoch, cfg)
+                    budget, distributed.agree(time.perf_counter() - t_fit), step, steps_per_epoch, cfg)
             bar.total = planned
         best.history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses or [0])),
                              "val_accuracy": val_acc, "val_loss": val_loss,
@@ -234,7 +238,7 @@ def fit(
     bar.close()
     model.load_state_dict(best_state)
     model.eval()
-    best.images_per_second = seen / t_train if t_train > 0 else 0.0
+    best.images_per_second = distributed.total(seen) / t_train if t_train > 0 else 0.0
     best.planned_epochs = planned
     return best
 
