@@ -199,11 +199,12 @@ def predict(
     (docs/guides/monitoring.md)."""
     if keep_images and log_dir is None:
         raise ValueError("--keep-images needs --log DIR")
-    if log_dir is not None and out is not None:
-        raise ValueError("--log and --out cannot be combined yet: run the batch with --out, "
-                         "or log it with --log (printing to stdout)")
+    if keep_images and out is not None:
+        raise ValueError("--keep-images is for --log without --out (a batch job's images "
+                         "are already on disk: the log records their paths)")
     if out is not None:
-        _predict_to_file(bundle, images, out, top_k=top_k, recursive=recursive, resume=resume,
+        _predict_to_file(bundle, images, out, log_dir=log_dir, top_k=top_k,
+                         recursive=recursive, resume=resume,
                          engine=engine, ray_address=ray_address, batch_size=batch_size,
                          threads=threads, progress=progress, as_json=as_json)
         return

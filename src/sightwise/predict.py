@@ -119,9 +119,13 @@ def predict_to_file(bundle_ref: str | Path, inputs: Sequence[str | Path], out: s
                     recursive: bool = False, resume: bool = False, engine: str = "local",
                     ray_address: str | None = None, top_k: int = 3, threads: int | None = None,
                     batch_size: int = 32, workers: int | None = None, progress: bool = True,
-                    observer: Observer | None = None, log: Callable[[str], None] = print) -> dict:
+                    observer: Observer | None = None, log_dir: str | Path | None = None,
+                    log: Callable[[str], None] = print) -> dict:
     """Write one row per input file to `out` (.csv or .parquet) as batches finish; with
-    `resume`, skip the files `out` already holds. Returns a summary (counts, rate)."""
+    `resume`, skip the files `out` already holds. Returns a summary (counts, rate).
+
+    With `log_dir` (local engine) every answered image is also appended to the prediction
+    log there, as `sightwise serve --log DIR` records it."""
     from tqdm import tqdm
 
     from sightwise.registry.resolve import open_bundle
@@ -131,6 +135,9 @@ def predict_to_file(bundle_ref: str | Path, inputs: Sequence[str | Path], out: s
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if log_dir is not None and engine != "local":
+        raise ValueError("--log needs the local engine (the Ray actors return rows, not the "
+                         "embeddings the prediction log records)")
     bundle = open_bundle(bundle_ref)
     bundle.graph()  # refuse an unusable bundle before touching the output
     version = model_version(bundle_ref, bundle)
@@ -142,9 +149,15 @@ def predict_to_file(bundle_ref: str | Path, inputs: Sequence[str | Path], out: s
         log(f"resuming {out}: {len(done)} file(s) already written are skipped")
     total = count_paths(inputs, recursive=recursive, skip=skip) if progress else None
     paths = (p for p in iter_paths(inputs, recursive=recursive) if skip is None or not skip(p))
+    mlog = None
+    if log_dir is not None:
+        from sightwise.monitor.live import MonitorLog
+
+        mlog = MonitorLog(log_dir)
     rows_iter = _engine_rows(engine, bundle, paths, version=version, top_k=top_k,
                              threads=threads, batch_size=batch_size, workers=workers,
-                             ray_address=ray_address)
+                             ray_address=ray_address,
+                             hook=_log_hook(mlog, bundle_ref, bundle) if mlog else None)
     n = errors = 0
     t0 = time.perf_counter()
     try:
@@ -161,20 +174,34 @@ def predict_to_file(bundle_ref: str | Path, inputs: Sequence[str | Path], out: s
         writer.finish()
     finally:
         writer.close()
+        if mlog is not None:
+            mlog.close()
     return {"out": str(out), "engine": engine, "model_version": version, "written": n,
             "errors": errors, "already_done": len(done), "seconds": round(seconds, 3),
             "images_per_second": round(n / seconds, 2) if seconds > 0 else None}
 
 
+def _log_hook(mlog, bundle_ref, bundle: Bundle):
+    """The local engine's batch hook that appends each batch to the prediction log."""
+    name, version = log_identity(bundle_ref, bundle)
+
+    def hook(items, probs, embeddings, ms_per_image: float) -> None:
+        mlog.observe(bundle=bundle, model=name, version=version, probs=probs,
+                     embeddings=embeddings, sha256s=[it.sha256 for it in items],
+                     latencies_ms=[ms_per_image] * len(items), sources=[it.path for it in items])
+
+    return hook
+
+
 def _engine_rows(engine: str, bundle: Bundle, paths, *, version: str, top_k: int,
                  threads: int | None, batch_size: int, workers: int | None,
-                 ray_address: str | None) -> Iterator[list[dict]]:
+                 ray_address: str | None, hook=None) -> Iterator[list[dict]]:
     from sightwise.scale.batch import columns, error_rows, local_rows
 
     if engine == "local":
         predictor = Predictor(bundle, threads=threads, batch_size=batch_size)
         return local_rows(predictor, paths, top_k=top_k, model_version=version,
-                          batch_size=batch_size, workers=workers)
+                          batch_size=batch_size, workers=workers, hook=hook)
     from sightwise.scale.ray_engine import PredictActor, ray_map, to_columns, to_rows
 
     names = columns(top_k)

@@ -270,3 +270,32 @@ def test_predict_log_appends_what_it_prints_and_the_report_reads_it(ref_bundle, 
                                    str(ref_bundle), "--window", "5", "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.stdout)["windows"][0]["n"] == 5
+
+
+def test_batch_predict_out_with_log_records_what_predict_log_records(ref_bundle, tmp_path):
+    """`predict FOLDER --out preds.csv --log DIR` (the streamed batch engine) logs the same
+    records as `predict FOLDER --log DIR` (one Predictor call per chunk)."""
+    from sightwise.cli import app
+    from sightwise.export.manifest import bundle_samples
+    from sightwise.monitor.log import read_records
+    from sightwise.runtime import Predictor
+
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for s in bundle_samples(Predictor(ref_bundle, threads=1).bundle, "test")[:7]:
+        shutil.copy(s.source, folder / Path(s.source).name)
+    (folder / "broken.png").write_bytes(b"not an image")
+    base = ["predict", str(ref_bundle), str(folder), "--threads", "1", "--batch-size", "3"]
+    r1 = CliRunner().invoke(app, [*base, "--log", str(tmp_path / "a")])
+    r2 = CliRunner().invoke(app, [*base, "--log", str(tmp_path / "b"), "--out",
+                                  str(tmp_path / "p.csv"), "--no-progress"])
+    assert r1.exit_code == 1 and r2.exit_code == 0, (r1.output, r2.output)
+    a, b = list(read_records(tmp_path / "a")), list(read_records(tmp_path / "b"))
+    assert len(a) == 7 and [r["source"] for r in b] == [r["source"] for r in a]
+    for x, y in zip(a, b, strict=True):
+        assert (x["sha256"], x["model"], x["version"]) == (y["sha256"], y["model"], y["version"])
+        assert y["probs"] == pytest.approx(x["probs"], abs=1e-5)
+        assert y["proj"] == pytest.approx(x["proj"], abs=1e-3)
+    res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "q.csv"), "--engine", "ray",
+                                   "--log", str(tmp_path / "c")])
+    assert res.exit_code != 0 and "local engine" in res.output

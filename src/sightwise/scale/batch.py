@@ -15,6 +15,7 @@ grow with the number of files.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
@@ -57,6 +58,11 @@ def bytes_preparer(pre: Preprocessing) -> Callable[[str, bytes], Loaded]:
     return lambda path, data: resized(load_bytes(path, data), pre)
 
 
+# Called with the decoded items of a batch, their calibrated probabilities, their embeddings
+# and the model's milliseconds per image (how `predict --out --log` feeds the monitor).
+BatchHook = Callable[[list[Loaded], np.ndarray, np.ndarray, float], None]
+
+
 def probabilities(predictor: Predictor, arrays: list[np.ndarray]) -> np.ndarray:
     """Calibrated probabilities (N, C) of resized uint8 images (Predictor.preprocess's
     normalisation; the resize already happened in the decode pool)."""
@@ -66,11 +72,25 @@ def probabilities(predictor: Predictor, arrays: list[np.ndarray]) -> np.ndarray:
     return softmax(predictor.run(x, ["logits"])["logits"], predictor.temperature)
 
 
+def _hooked_probabilities(predictor: Predictor, items: list[Loaded], hook: BatchHook
+                          ) -> np.ndarray:
+    """`probabilities`, plus the embedding from the same run, handed to `hook`."""
+    t0 = time.perf_counter()
+    x = normalize(np.stack([it.array for it in items]), predictor.preprocessing)
+    out = predictor.run(x, ["logits", "embedding"])
+    probs = softmax(out["logits"], predictor.temperature)
+    hook(items, probs, out["embedding"], (time.perf_counter() - t0) * 1000 / len(items))
+    return probs
+
+
 def predict_rows(predictor: Predictor, items: list[Loaded], *, top_k: int,
-                 model_version: str) -> list[dict]:
+                 model_version: str, hook: BatchHook | None = None) -> list[dict]:
     """One row per item, in order; undecodable items carry their error and no label."""
     ok = [i for i, it in enumerate(items) if it.array is not None]
-    probs = probabilities(predictor, [items[i].array for i in ok]) if ok else []
+    if ok and hook is not None:
+        probs = _hooked_probabilities(predictor, [items[i] for i in ok], hook)
+    else:
+        probs = probabilities(predictor, [items[i].array for i in ok]) if ok else []
     by_item = dict(zip(ok, probs, strict=True))
     names = columns(top_k)
     rows = []
@@ -103,9 +123,11 @@ def default_workers() -> int:
 
 
 def local_rows(predictor: Predictor, paths: Iterable[str], *, top_k: int, model_version: str,
-               batch_size: int = 32, workers: int | None = None) -> Iterator[list[dict]]:
+               batch_size: int = 32, workers: int | None = None,
+               hook: BatchHook | None = None) -> Iterator[list[dict]]:
     """Rows batch by batch, decode running `2 * batch_size` files ahead of the model."""
     prepare = file_preparer(predictor.preprocessing)
     stream = decoded(paths, prepare, workers=workers or default_workers(), window=2 * batch_size)
     for items in batched(stream, batch_size):
-        yield predict_rows(predictor, items, top_k=top_k, model_version=model_version)
+        yield predict_rows(predictor, items, top_k=top_k, model_version=model_version,
+                           hook=hook)
