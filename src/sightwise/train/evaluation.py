@@ -54,7 +54,7 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
         "history": trained.history,
         "choices": trained.choices,
         "kfold": trained.kfold,
-        "warnings": test_warnings(test, trained.kfold),
+        "warnings": split_warnings(test, trained.kfold),
         "timing": {"decode_seconds": data.decode_seconds,
                    "train_seconds": trained.train_seconds,
                    "budget_seconds": cfg.budget_s,
@@ -95,22 +95,31 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
 MAX_TEST_CI_WIDTH = 0.10
 
 
-def test_warnings(test: dict, kfold: dict | None) -> list[str]:
+def split_warnings(test: dict, kfold: dict | None) -> list[str]:
     """What the test split cannot support, in words (empty when its interval is narrow).
 
-    >>> test_warnings({"n": 38, "accuracy_ci": [0.632, 0.895]}, None)[0][:58]
-    'the test split is small (n=38): its 95 % accuracy interval'
+    The interval is the exact binomial (Clopper-Pearson) one of the accuracy: unlike the
+    bootstrap's, it does not shrink to a point when every test image is right.
+
+    >>> split_warnings({"n": 38, "accuracy": 29 / 38}, None)[0][:72]
+    'the test split is small (n=38): its accuracy 0.763 has the 95 % interval'
+    >>> split_warnings({"n": 270, "accuracy": 1.0}, None)
+    []
     """
-    ci = test.get("accuracy_ci")
-    if not ci or ci[1] - ci[0] <= MAX_TEST_CI_WIDTH:
+    from scipy.stats import binomtest
+
+    n = int(test["n"])
+    right = round(test["accuracy"] * n)
+    ci = binomtest(right, n).proportion_ci(confidence_level=0.95, method="exact")
+    if ci.high - ci.low <= MAX_TEST_CI_WIDTH:
         return []
-    width = 100 * (ci[1] - ci[0])
     tail = (f"the {kfold['k']}-fold estimate over n={kfold['n']} train+val images is the "
             "tighter figure" if kfold else
             "`--cv K` adds a k-fold estimate over all train+val images")
-    return [f"the test split is small (n={test['n']}): its 95 % accuracy interval "
-            f"[{ci[0]:.3f}, {ci[1]:.3f}] is {width:.0f} points wide, so differences smaller "
-            f"than that (between strategies, runs or versions) are not supported by it; {tail}"]
+    return [f"the test split is small (n={n}): its accuracy {test['accuracy']:.3f} has the 95 % "
+            f"interval [{ci.low:.3f}, {ci.high:.3f}] (exact binomial), "
+            f"{100 * (ci.high - ci.low):.0f} points wide, so differences smaller than that "
+            f"(between strategies, runs or versions) are not supported by it; {tail}"]
 
 
 def _describe(c: Calibration) -> str:
