@@ -11,8 +11,8 @@ from sightwise.data.cache import ImageCache
 from sightwise.data.preprocess import Preprocessing
 from sightwise.models.classifier import EnsembleBackbone
 from sightwise.train.budget import Budget
-from sightwise.train.finetune import evaluate_logits
 from sightwise.train.choices import ENSEMBLE_MAX_TRAIN, ENSEMBLE_MEMBERS, choose_members
+from sightwise.train.finetune import evaluate_logits
 from sightwise.train.strategies import MIN_FINETUNE_SECONDS, mirrored_views, run_strategy
 
 
