@@ -40,17 +40,18 @@ def test_an_epoch_estimate_is_its_steps_then_validation():
 
 
 @pytest.mark.parametrize("epoch, members, per_member", [
-    # 600 s, --epochs 30. An epoch of 5 s: 3 members of 30 (the cap) each.
+    # 600 s, --epochs 30: a member needs 15 planned epochs (half of 30). The plan, as fit
+    # makes it: the first epoch, then what the rest holds at 1.05 x the epoch, from 10 on
+    # rounded down to a multiple of 5, at most 30.
+    # An epoch of 5 s: a third of 600 s holds 1 + 195 / 5.25 = 38 -> 30 each: 3 members.
     (5.0, 3, 30),
-    # 10 s: alone 1 + 590 / 10.5 = 57 -> 30; a third, 1 + 190 / 10.5 = 19 -> 15 (a multiple
-    # of 5), which is half of 30: 3 members
+    # 10 s: a third holds 1 + 190 / 10.5 = 19 -> 15: 3 members
     (10.0, 3, 15),
-    # 15 s: alone 1 + 585 / 15.75 = 38 -> 30; thirds 1 + 185 / 15.75 = 12 -> 10, under 15;
-    # halves 1 + 285 / 15.75 = 19 -> 15: 2 members
+    # 15 s: a third 1 + 185 / 15.75 = 12 -> 10, under 15; a half 1 + 285 / 15.75 = 19 -> 15
     (15.0, 2, 15),
-    # 20 s: alone 1 + 580 / 21 = 28 -> 25; halves 1 + 280 / 21 = 14 -> 10, under 12.5: one
+    # 20 s: a half 1 + 280 / 21 = 14 -> 10, under 15: one model, 1 + 580 / 21 = 28 -> 25
     (20.0, 1, 25),
-    # 58 s (the issue's 2,300-image set): alone 1 + 542 / 60.9 = 9; halves 1 + 242 / 60.9 = 4
+    # 58 s (the issue's 2,300-image set): one model, 1 + 542 / 60.9 = 9
     (58.0, 1, 9),
 ])
 def test_ensemble_size_from_a_simulated_epoch_time(epoch, members, per_member):
@@ -65,7 +66,7 @@ def test_members_given_large_data_and_no_budget():
     large = choose_members(_cfg(), rules.ENSEMBLE_MAX_TRAIN + 1, math.inf, None)
     assert large["value"] == 1 and "over 2000" in large["reason"]
     assert choose_members(_cfg(), 100, math.inf, None)["value"] == rules.ENSEMBLE_MEMBERS
-    # --epochs 4 caps the useful count too: 3 members of 4 epochs are worth their share
+    # --epochs 4: 2 epochs are half the schedule; 3 members of 4 are worth their share
     assert choose_members(_cfg(epochs=4), 100, 600.0, 20.0)["value"] == 3
 
 
@@ -146,7 +147,7 @@ def test_image_size_from_synthetic_detail(tmp_path):
 
 def test_a_larger_input_only_when_the_budget_holds_it(tmp_path):
     """8 images: ~6 train (one step) and 1 val; the probe's features are 8 forward passes.
-    A 10 s step gives 600 s room for 30 epochs; a 100 s step for 5, under 10."""
+    A 10 s step gives 600 s room for 30 epochs; a 100 s step for 5, under half of 30."""
     pre = Preprocessing(size=224)
     fine = _folder(tmp_path / "fine", 896, 6)
     timed = []

@@ -8,7 +8,7 @@ docs/experiments/2026-12-02-train-defaults.md):
 - image size: the backbone's, smaller for small images, larger when the images carry detail
   at scales the default input would lose and the budget holds a useful fine-tune at the
   larger size;
-- ensemble members: as many as the budget gives each a useful number of epochs;
+- ensemble members: as many as the budget gives each at least half of --epochs;
 - selection between the linear probe and the fine-tuned model: by validation only when
   validation can tell them apart, else by the probe's k-fold estimate, ties to the probe.
 
@@ -120,13 +120,16 @@ def epochs_in(seconds: float, epoch_seconds: float, cap: int) -> int:
 # member still costs a forward pass at inference.
 ENSEMBLE_MEMBERS = 3
 ENSEMBLE_MAX_TRAIN = 2000
-# A member is worth its share of the budget when it still trains this many epochs (below
-# it, a pretrained fine-tune's cosine schedule is mostly warm-up and a fast decay: averaging
-# under-trained members does not buy back the epochs they lost) ...
-MIN_MEMBER_EPOCHS = 10
-# ... and at least this fraction of the epochs one model alone would get: the ensemble trades
-# at most half of each model's training for the spread it removes.
+# A member is worth its share of the budget when its planned schedule is still at least this
+# fraction of --epochs (the schedule the recipe assumes; 15 of the default 30). Below it each
+# member's cosine schedule is cut to under half its length, and averaging under-trained
+# members does not buy back the epochs they lost; one model then gets the whole budget.
 MEMBER_SHARE = 0.5
+
+
+def useful_epochs(cfg: TrainConfig) -> int:
+    """The fewest epochs a fine-tuned model should get: MEMBER_SHARE of --epochs."""
+    return max(1, math.ceil(MEMBER_SHARE * cfg.epochs))
 
 
 def choose_members(cfg: TrainConfig, n_train: int, seconds_left: float,
@@ -146,10 +149,9 @@ def choose_members(cfg: TrainConfig, n_train: int, seconds_left: float,
     if math.isinf(seconds_left) or epoch_seconds is None:
         return record(ENSEMBLE_MEMBERS, f"no budget: {ENSEMBLE_MEMBERS} members, each up to "
                                         f"--epochs {cfg.epochs}", n_train=n_train)
-    useful = min(MIN_MEMBER_EPOCHS, cfg.epochs)
+    floor = useful_epochs(cfg)
     each = {n: epochs_in(seconds_left / n, epoch_seconds, cfg.epochs)
             for n in range(1, ENSEMBLE_MEMBERS + 1)}
-    floor = max(useful, MEMBER_SHARE * each[1])
     n = max([k for k in each if k == 1 or each[k] >= floor])
     evidence = {"n_train": n_train, "seconds_left": round(seconds_left, 1),
                 "epoch_seconds": round(epoch_seconds, 2),
@@ -157,9 +159,9 @@ def choose_members(cfg: TrainConfig, n_train: int, seconds_left: float,
                 "min_epochs_per_member": floor}
     alone = f"one model alone: {each[1]}"
     if n == 1:
-        why = f"2 members would get {each[2]} epoch(s) each, under {floor:g} ({alone}): one model"
+        why = f"2 members would get {each[2]} epoch(s) each, under {floor} ({alone}): one model"
     else:
-        why = f"{n} members get {each[n]} epoch(s) each, at least {floor:g} ({alone})"
+        why = f"{n} members get {each[n]} epoch(s) each, at least {floor} ({alone})"
     return record(n, f"{why}; epoch ~{epoch_seconds:.1f} s, {seconds_left:.0f} s left", **evidence)
 
 
@@ -292,7 +294,7 @@ def choose_image_size(cfg: TrainConfig, pre: Preprocessing, ds: Dataset | None,
     if cfg.strategy == "linear-probe":
         fits, what = features < budget.left(), f"its features take ~{features:.0f} s"
     else:
-        fits, what = epochs >= min(MIN_MEMBER_EPOCHS, cfg.epochs), f"it holds {epochs} epochs"
+        fits, what = epochs >= useful_epochs(cfg), f"it holds {epochs} epochs"
     if not fits:
         return record(s0, f"{lost}, but not within the budget at {larger} px ({what}): "
                           f"keeping {s0} px", batch_size=cfg.batch_size, **evidence)
