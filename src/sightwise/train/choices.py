@@ -144,8 +144,9 @@ def choose_members(cfg: TrainConfig, n_train: int, seconds_left: float,
     if cfg.members is not None:
         return record(cfg.members, f"--members {cfg.members}")
     if n_train > ENSEMBLE_MAX_TRAIN:
-        return record(1, f"{n_train} training images (over {ENSEMBLE_MAX_TRAIN}): one model; "
-                         "the seed moves results little at this size", n_train=n_train)
+        return record(1, f"{n_train} training images, over {ENSEMBLE_MAX_TRAIN}: one model "
+                         "(members are for small data, where the seed moves results most)",
+                      n_train=n_train)
     if math.isinf(seconds_left) or epoch_seconds is None:
         return record(ENSEMBLE_MEMBERS, f"no budget: {ENSEMBLE_MEMBERS} members, each up to "
                                         f"--epochs {cfg.epochs}", n_train=n_train)
