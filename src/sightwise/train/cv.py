@@ -45,8 +45,9 @@ def stratified_folds(y: np.ndarray, k: int, seed: int) -> list[np.ndarray]:
     >>> [f.tolist() for f in stratified_folds(np.array([0, 0, 0, 1, 1, 1]), 3, seed=0)]
     [[2, 4], [1, 5], [0, 3]]
     """
-    if not 2 <= k <= len(y):
-        raise SightwiseError(f"--cv {k}: needs 2 to {len(y)} folds for {len(y)} non-test images")
+    if not 2 <= k <= np.bincount(y).max():
+        raise SightwiseError(f"--cv {k}: no class has {k} train+val images to spread over {k} "
+                             "folds; use fewer folds")
     with warnings.catch_warnings():  # a class smaller than k: some folds lack it, as they must
         warnings.filterwarnings("ignore", message="The least populated class")
         skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -68,6 +69,9 @@ def probe_oof(features: np.ndarray, y: np.ndarray, folds: list[np.ndarray], num_
     for j, held in enumerate(folds):
         inner = folds[(j + 1) % len(folds)] if len(Cs) > 1 else held
         train = _rest(folds, j, (j + 1) % len(folds)) if len(Cs) > 1 else _rest(folds, j)
+        if len(np.unique(y[train])) < 2:
+            raise SightwiseError(f"fold {j + 1}'s training folds hold a single class; "
+                                 "use fewer folds")
         res = fit_probe(features[train], y[train], features[inner], y[inner], num_classes,
                         Cs=Cs, class_weight=class_weight, seed=seed)
         logits[held] = features[held] @ res.weight.T + res.bias

@@ -29,6 +29,7 @@ from sightwise.config import TrainConfig
 from sightwise.core import is_imbalanced
 from sightwise.data.cache import ImageCache
 from sightwise.data.preprocess import Preprocessing
+from sightwise.errors import SightwiseError
 from sightwise.models.classifier import Classifier, average_of, build_classifier
 from sightwise.train import choices as rules
 from sightwise.train.budget import Budget
@@ -285,12 +286,16 @@ def probe_kfold(cfg, cache, run: ProbeRun, num_classes, budget, log) -> dict | N
 
     idx = nontest_indices(cache)
     y = cache.labels[idx]
-    if len(idx) < 2 * SELECTION_FOLDS or not budget.allows(MIN_FINETUNE_SECONDS
-                                                           + 2 * run.probe.fit_seconds):
+    if np.bincount(y).max() < SELECTION_FOLDS or not budget.allows(MIN_FINETUNE_SECONDS
+                                                                   + 2 * run.probe.fit_seconds):
         return None
     folds = stratified_folds(y, SELECTION_FOLDS, cfg.split_seed)
-    logits, _ = probe_oof(run.features[idx], y, folds, num_classes, Cs=(run.probe.C,),
-                          class_weight=run.class_weight, seed=cfg.seed)
+    try:
+        logits, _ = probe_oof(run.features[idx], y, folds, num_classes, Cs=(run.probe.C,),
+                              class_weight=run.class_weight, seed=cfg.seed)
+    except SightwiseError as exc:  # too few images per class for the folds: no estimate
+        log(f"linear probe: no {SELECTION_FOLDS}-fold estimate ({exc})")
+        return None
     est = kfold_estimate(y, logits, folds, seed=cfg.seed, candidate="linear-probe")
     log(f"linear probe: {SELECTION_FOLDS}-fold accuracy on train+val {est['accuracy']:.4f} "
         f"[{est['accuracy_ci'][0]:.3f}, {est['accuracy_ci'][1]:.3f}] (n={len(y)}, C={run.probe.C})")
