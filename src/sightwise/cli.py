@@ -121,6 +121,7 @@ def train(
                        "to 2000 training images, else 1); inference costs one pass each.")] = None,
     tta: Annotated[bool, typer.Option(help="Average each prediction with the mirrored image's "
                                       "(doubles inference cost; off with --augment none).")] = True,
+    cv: Annotated[int | None, typer.Option(min=3, help="K-fold estimate on train+val; train on all.")] = None,
     balance: Annotated[str, typer.Option(help="auto (weighted loss above 3:1) | weighted | none")] = "auto",
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf (whole folder path).")] = "top",
     drop_leakage: Annotated[bool, typer.Option(help="Drop files duplicated across splits.")] = False,
@@ -153,7 +154,7 @@ def train(
                       budget_s=parse_duration(budget), img_size=img_size, seed=seed,
                       split_seed=split_seed, epochs=epochs, batch_size=batch_size, lr=lr,
                       patience=patience, unfreeze=unfreeze,
-                      ema_decay=ema_decay, members=members, tta=tta,
+                      ema_decay=ema_decay, members=members, tta=tta, cv=cv,
                       augment=augment, balance=balance, labels=labels,
                       drop_leakage=drop_leakage, progress=progress, overwrite=overwrite,
                       allow_outside=allow_outside, synthetic=synthetic)

@@ -32,6 +32,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     members: int | None = None  # fine-tuned ensemble size; None: 3 up to 2000 training images, else 1
     tta: bool = True  # also predict on the mirrored image and average (when augmentation flips)
+    cv: int | None = None  # k-fold estimate on train+val; the final model uses all non-test data
     balance: str = "auto"  # auto (weighted loss above 3:1), weighted, none
     augment: str = "default"  # default (crop, h-flip, colour), strong (+ v-flip, rot90), none
     drop_leakage: bool = False

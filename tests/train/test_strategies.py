@@ -11,15 +11,9 @@ from sightwise.data.cache import ImageCache
 from sightwise.data.preprocess import Preprocessing
 from sightwise.models.classifier import EnsembleBackbone
 from sightwise.train.budget import Budget
+from sightwise.train.choices import ENSEMBLE_MAX_TRAIN, ENSEMBLE_MEMBERS, choose_members
 from sightwise.train.finetune import evaluate_logits
-from sightwise.train.strategies import (
-    ENSEMBLE_MAX_TRAIN,
-    ENSEMBLE_MEMBERS,
-    MIN_FINETUNE_SECONDS,
-    ensemble_size,
-    mirrored_views,
-    run_strategy,
-)
+from sightwise.train.strategies import MIN_FINETUNE_SECONDS, mirrored_views, run_strategy
 
 
 def _cache(n_per_class=12, size=32) -> ImageCache:
@@ -40,9 +34,10 @@ def _cfg(tmp_path, **kw) -> TrainConfig:
 
 def test_ensemble_size_and_mirroring_rules(tmp_path):
     cfg = _cfg(tmp_path)
-    assert ensemble_size(cfg, ENSEMBLE_MAX_TRAIN) == ENSEMBLE_MEMBERS
-    assert ensemble_size(cfg, ENSEMBLE_MAX_TRAIN + 1) == 1
-    assert ensemble_size(_cfg(tmp_path, members=5), 10**6) == 5
+    unbounded = float("inf")  # no --budget: the data size alone decides
+    assert choose_members(cfg, ENSEMBLE_MAX_TRAIN, unbounded, None)["value"] == ENSEMBLE_MEMBERS
+    assert choose_members(cfg, ENSEMBLE_MAX_TRAIN + 1, unbounded, None)["value"] == 1
+    assert choose_members(_cfg(tmp_path, members=5), 10**6, 60.0, 30.0)["value"] == 5
     assert mirrored_views(cfg)
     assert not mirrored_views(_cfg(tmp_path, tta=False))
     assert not mirrored_views(_cfg(tmp_path, augment="none"))  # never trained on mirrored images

@@ -43,6 +43,7 @@ figure{margin:1rem 0}
 figure img{max-width:100%;height:auto;border:1px solid #d0d7de}
 figcaption{color:#57606a;font-size:.9rem}
 p.note{margin:1rem 0;padding:.5rem .8rem;border-left:3px solid #d0d7de;background:#f6f8fa}
+p.warn{border-left-color:#bf8700;background:#fff8c5}
 code{white-space:pre-wrap;font-size:.85rem}
 footer{margin-top:3rem;color:#57606a;font-size:.8rem}
 """
@@ -156,6 +157,26 @@ def _metrics_html(metrics: dict) -> str:
     return out
 
 
+def _warnings_html(warnings: list[str]) -> str:
+    """What the numbers below cannot support, said before them."""
+    return "".join(f'<p class="note warn"><strong>Warning:</strong> {_esc(w)}</p>'
+                   for w in warnings)
+
+
+def _kfold_html(kfold: dict) -> str:
+    """The k-fold estimate beside the test split's, in the same form."""
+    rows = [[_esc(label), _fmt(kfold[key]), _fmt(kfold.get(f"{key}_ci"))]
+            for label, key in (("Accuracy", "accuracy"), ("Macro-F1", "macro_f1"))]
+    rows.append(["Accuracy per fold", ", ".join(_fmt(a) for a in kfold["fold_accuracy"]), ""])
+    rows.append(["n (samples)", _fmt(kfold["n"]), ""])
+    head = (f"<h2>k-fold estimate ({_esc(kfold['k'])} folds over the train and validation "
+            f"splits, n = {_esc(kfold['n'])}; {_esc(kfold.get('candidate', ''))})</h2>")
+    note = ("<p>Each image is predicted by a model that never trained on it; the test split is "
+            "in no fold. The interval is over these n images, as the test split's is over its "
+            "own.</p>")
+    return head + note + _table(["Metric", "Value", "95% CI (bootstrap)"], rows)
+
+
 def _figures_html(figures: dict[str, str | Path | Note]) -> str:
     if not figures:
         return ""
@@ -210,14 +231,18 @@ def write_report(
     sections: list[tuple[str, str]] | None = None,
     run_info: dict | None = None,
     splits: dict[str, dict[str, int]] | None = None,
+    warnings: list[str] | None = None,
+    kfold: dict | None = None,
 ) -> Path:
     """Write the evaluation report as one self-contained HTML file and return its path.
 
     ``metrics`` is the dict from ``classification_metrics`` (an optional ``"split"`` key
     names the split; default "test"). ``figures`` maps caption -> image file (embedded) or
     `Note` (a sentence in the figure's place). ``splits`` ({split: {class: n}}) adds the
-    table of split sizes. ``sections`` are (heading, trusted HTML body) pairs appended at
-    the end.
+    table of split sizes. ``warnings`` (sentences) are shown above the headline metrics,
+    ``kfold`` (a k-fold estimate: k, n, accuracy, macro_f1 and their ``_ci``,
+    fold_accuracy) below them. ``sections`` are (heading, trusted HTML body) pairs appended
+    at the end.
     """
     path = Path(path)
     body = [f"<h1>{_esc(title)}</h1>"]
@@ -225,7 +250,10 @@ def write_report(
         body.append(_run_info_html(run_info))
     if splits:
         body.append(_splits_html(splits))
+    body.append(_warnings_html(warnings or []))
     body.append(_metrics_html(metrics))
+    if kfold:
+        body.append(_kfold_html(kfold))
     body.append(_figures_html(figures))
     for heading, snippet in sections or []:
         body.append(f"<section><h2>{_esc(heading)}</h2>{snippet}</section>")

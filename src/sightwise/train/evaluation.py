@@ -24,7 +24,7 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
     classes = data.dataset.classes
     cache = data.cache
     x_test, y_test = cache.subset("test")
-    _, y_val = cache.subset("val")
+    y_val = cache.subset("val")[1] if trained.val_labels is None else trained.val_labels
     calib = (choose_temperature(trained.val_logits, y_val) if len(y_val)
              else Calibration(1.0, None, 0.0, 1.0))
     temperature = calib.temperature
@@ -35,7 +35,8 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
     val_acc = float((trained.val_logits.argmax(1) == y_val).mean()) if len(y_val) else None
     metrics = {
         "test": test,
-        "val": {"n": int(len(y_val)), "accuracy": val_acc},
+        "val": {"n": int(len(y_val)), "accuracy": val_acc,
+                "split": "validation" if trained.kfold is None else "out-of-fold (train+val)"},
         "data": {
             "manifest_sha256": data.manifest_sha256,
             "layout": data.dataset.layout,
@@ -51,6 +52,9 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
         "model": cfg.model_name,
         "preprocessing": pre.to_dict(),
         "history": trained.history,
+        "choices": trained.choices,
+        "kfold": trained.kfold,
+        "warnings": split_warnings(test, trained.kfold),
         "timing": {"decode_seconds": data.decode_seconds,
                    "train_seconds": trained.train_seconds,
                    "budget_seconds": cfg.budget_s,
@@ -69,12 +73,53 @@ def evaluate_and_report(cfg, pre, data, trained, run_dir: Path, budget, log) -> 
     write_report(run_dir / "report.html", title=f"Sightwise run: {Path(cfg.out).name}",
                  metrics=test, figures=figures, sections=_sections(metrics),
                  run_info=_run_info(cfg, metrics, calib),
-                 splits=metrics["data"]["split_counts"])
+                 splits=metrics["data"]["split_counts"],
+                 warnings=metrics["warnings"], kfold=trained.kfold)
     log(f"test: accuracy {test['accuracy']:.4f} [{test['accuracy_ci'][0]:.3f}, "
         f"{test['accuracy_ci'][1]:.3f}], macro-F1 {test['macro_f1']:.4f}, "
         f"ECE {test['ece_uncalibrated']:.4f} -> {test['ece']:.4f} ({_describe(calib)}), "
         f"n={test['n']}")
+    if trained.kfold:
+        k = trained.kfold
+        log(f"{k['k']}-fold (train+val, n={k['n']}): accuracy {k['accuracy']:.4f} "
+            f"[{k['accuracy_ci'][0]:.3f}, {k['accuracy_ci'][1]:.3f}], macro-F1 "
+            f"{k['macro_f1']:.4f} [{k['macro_f1_ci'][0]:.3f}, {k['macro_f1_ci'][1]:.3f}]")
+    for warning in metrics["warnings"]:
+        log(f"warning: {warning}")
     return metrics
+
+
+# A test split whose 95 % accuracy interval is wider than this cannot support the
+# differences a report discusses (strategies a few points apart, one version against the
+# last): the report and the summary say so.
+MAX_TEST_CI_WIDTH = 0.10
+
+
+def split_warnings(test: dict, kfold: dict | None) -> list[str]:
+    """What the test split cannot support, in words (empty when its interval is narrow).
+
+    The interval is the exact binomial (Clopper-Pearson) one of the accuracy: unlike the
+    bootstrap's, it does not shrink to a point when every test image is right.
+
+    >>> split_warnings({"n": 38, "accuracy": 29 / 38}, None)[0][:72]
+    'the test split is small (n=38): its accuracy 0.763 has the 95 % interval'
+    >>> split_warnings({"n": 270, "accuracy": 1.0}, None)
+    []
+    """
+    from scipy.stats import binomtest
+
+    n = int(test["n"])
+    right = round(test["accuracy"] * n)
+    ci = binomtest(right, n).proportion_ci(confidence_level=0.95, method="exact")
+    if ci.high - ci.low <= MAX_TEST_CI_WIDTH:
+        return []
+    tail = (f"the {kfold['k']}-fold estimate over n={kfold['n']} train+val images is the "
+            "tighter figure" if kfold else
+            "`--cv K` adds a k-fold estimate over all train+val images")
+    return [f"the test split is small (n={n}): its accuracy {test['accuracy']:.3f} has the 95 % "
+            f"interval [{ci.low:.3f}, {ci.high:.3f}] (exact binomial), "
+            f"{100 * (ci.high - ci.low):.0f} points wide, so differences smaller than that "
+            f"(between strategies, runs or versions) are not supported by it; {tail}"]
 
 
 def _describe(c: Calibration) -> str:
@@ -139,12 +184,22 @@ def _run_info(cfg, metrics, calib: Calibration) -> dict:
 
 def _sections(metrics) -> list[tuple[str, str]]:
     out = []
+    choices = metrics.get("choices") or {}
+    if choices:
+        rows = "".join(f"<tr><td>{html.escape(name.replace('_', ' '))}</td>"
+                       f"<td>{html.escape(str(c.get('value')))}</td>"
+                       f"<td>{html.escape(str(c.get('reason', '')))}</td></tr>"
+                       for name, c in choices.items())
+        out.append(("How train decided (details in metrics.json, \"choices\")",
+                    f"<table><tr><th>choice</th><th>value</th><th>why</th></tr>{rows}</table>"))
     cands = metrics["strategy"]["candidates"]
     if cands:
+        split = metrics["val"].get("split", "validation")
         rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v.get('val_accuracy', float('nan')):.4f}"
-                       f"</td></tr>" for k, v in cands.items())
-        out.append(("Strategies tried (validation accuracy)",
-                    f"<table><tr><th>strategy</th><th>val accuracy</th></tr>{rows}</table>"))
+                       f"</td><td>{_kfold_cell(v.get('kfold'))}</td></tr>" for k, v in cands.items())
+        out.append((f"Strategies tried ({split} accuracy, n = {metrics['val']['n']})",
+                    f"<table><tr><th>strategy</th><th>{html.escape(split)} accuracy</th>"
+                    f"<th>k-fold accuracy [95 % CI]</th></tr>{rows}</table>"))
     skipped = metrics["data"]["skipped"]
     if skipped:
         rows = "".join(f"<tr><td>{html.escape(s['path'])}</td><td>{html.escape(s['reason'])}</td></tr>"
@@ -155,3 +210,10 @@ def _sections(metrics) -> list[tuple[str, str]]:
         out.append(("Leakage", f"<p>{len(metrics['data']['leakage'])} identical files appear in "
                                "more than one split (see metrics.json).</p>"))
     return out
+
+
+def _kfold_cell(kfold: dict | None) -> str:
+    if not kfold:
+        return ""
+    lo, hi = kfold["accuracy_ci"]
+    return f"{kfold['accuracy']:.4f} [{lo:.3f}, {hi:.3f}] ({kfold['k']} folds, n = {kfold['n']})"

@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ from sightwise.models.io import ensemble_meta, save_weights
 from sightwise.models.registry import get_spec
 from sightwise.train.allocator import keep_freed_memory
 from sightwise.train.budget import Budget
+from sightwise.train.choices import choose_image_size
 from sightwise.train.strategies import Trained, run_strategy
 from sightwise.types import Skipped
 
@@ -46,53 +47,30 @@ class PreparedData:
     manifest_sha256: str
     decode_seconds: float
     preprocessing: Preprocessing
+    choices: dict = field(default_factory=dict)  # what train decided by itself (choices.py)
 
 
-# Upsampling beyond this factor adds compute, not information (28 px MedMNIST -> 128 px).
-MAX_UPSAMPLE = 4
-
-
-def resolve_preprocessing(cfg: TrainConfig, ds: Dataset | None = None) -> Preprocessing:
-    """The backbone's own preprocessing; the size from --img-size, else the backbone's,
-    reduced for small images to at most MAX_UPSAMPLE x their median side (multiple of 32)."""
+def resolve_preprocessing(cfg: TrainConfig, ds: Dataset | None = None,
+                          budget: Budget | None = None, choices: dict | None = None
+                          ) -> Preprocessing:
+    """The backbone's own preprocessing at the size `choices.choose_image_size` picks
+    (--img-size; the backbone's, smaller for small images, larger for fine detail when the
+    budget allows); the decision is recorded in `choices["image_size"]` when given."""
     pre = get_spec(cfg.model_name).preprocessing
-    if cfg.img_size:
-        return replace(pre, size=cfg.img_size)
-    native = median_side(ds) if ds is not None else None
-    if native and native * MAX_UPSAMPLE < pre.size:
-        return replace(pre, size=max(64, -(-native * MAX_UPSAMPLE // 32) * 32))
-    return pre
+    choice = choose_image_size(cfg, pre, ds, budget)
+    if choices is not None:
+        choices["image_size"] = choice
+    return replace(pre, size=choice["value"])
 
 
-def median_side(ds: Dataset, n: int = 64) -> int | None:
-    """Median longer side of up to n images, read from headers only (no decoding)."""
-    from PIL import Image
-
-    from sightwise.data.datasets import NPZ_SCHEME, read_npz_image
-    from sightwise.data.dicom import header_size, looks_like_dicom
-
-    sides = []
-    step = max(1, len(ds.samples) // n)
-    for s in ds.samples[::step][:n]:
-        try:
-            if s.source.startswith(NPZ_SCHEME):
-                sides.append(max(read_npz_image(s.source).shape[:2]))
-            elif looks_like_dicom(b"", s.source):
-                sides.append(max(header_size(s.source)))
-            else:
-                with Image.open(s.source) as im:
-                    sides.append(max(im.size))
-        except Exception:  # noqa: BLE001 - unreadable files are reported by the decoder later
-            continue
-    return int(np.median(sides)) if sides else None
-
-
-def prepare_data(cfg: TrainConfig, run_dir: Path, log) -> PreparedData:
+def prepare_data(cfg: TrainConfig, run_dir: Path, log, budget: Budget | None = None) -> PreparedData:
     """Load, decode once (skipping bad files), split, check leakage, write the manifest."""
     t0 = time.perf_counter()
     ds = load_dataset(cfg.data, labels=cfg.labels, allow_outside=cfg.allow_outside)
-    pre = resolve_preprocessing(cfg, ds)
-    log(f"input: {pre.size}x{pre.size} px ({pre.resize}, {pre.interpolation})")
+    choices: dict = {}
+    pre = resolve_preprocessing(cfg, ds, budget, choices)
+    log(f"input: {pre.size}x{pre.size} px ({pre.resize}, {pre.interpolation}): "
+        f"{choices['image_size']['reason']}")
     cache, skipped = build_cache(ds, pre, memmap_dir=run_dir / "cache", workers=cfg.workers,
                                  progress=cfg.progress)
     for s in skipped:
@@ -114,7 +92,8 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, log) -> PreparedData:
     manifest_sha = write_manifest(kept, run_dir / "manifest.csv")
     for note in kept.notes:
         log(note)
-    return PreparedData(kept, cache, skipped, leakage, manifest_sha, time.perf_counter() - t0, pre)
+    return PreparedData(kept, cache, skipped, leakage, manifest_sha, time.perf_counter() - t0, pre,
+                        choices)
 
 
 def _realign(cache: ImageCache, ds: Dataset) -> ImageCache:
@@ -139,13 +118,14 @@ def run_training(cfg: TrainConfig, log=print) -> dict:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         budget = Budget(cfg.budget_s)
-        data = prepare_data(cfg, run_dir, log)
+        data = prepare_data(cfg, run_dir, log, budget)
         if cfg.synthetic:  # train/synthetic.py: generated images join train only if they help
             from sightwise.train.synthetic import apply_synthetic, record_synthetic
             data, synthetic = apply_synthetic(cfg, data, log)
         pre = data.preprocessing
         log(_summary(data))
-        trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log)
+        trained = run_strategy(cfg, pre, data.cache, len(data.dataset.classes), budget, log,
+                               choices=data.choices)
         metrics = evaluate_and_report(cfg, pre, data, trained, run_dir, budget, log)
         if cfg.synthetic:
             record_synthetic(run_dir, metrics, synthetic)

@@ -2,9 +2,11 @@
 
 scikit-learn fits it in seconds. Features are centred and divided by ONE global scale, not
 per-feature standardised: per-feature scaling divides the weights of near-constant
-features by their tiny sigma, and those amplified weights then turn int8 quantisation
-noise into wrong answers (seen on NEU: int8 agreement 64 %). The centring and scale are
-folded into the weights (W' = W / s, b' = b - W' mu) so the network needs no extra layer.
+features by their tiny sigma, and int8 quantisation's rounding noise in those features is
+then multiplied by the amplified weights into wrong answers (the NEU measurement is in
+docs/experiments/2026-12-02-train-defaults.md, "Measurements behind earlier defaults").
+The centring and scale are folded into the weights (W' = W / s, b' = b - W' mu) so the
+network needs no extra layer.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def fit_probe(
     seed: int = 0,
 ) -> ProbeResult:
     """Choose C on validation accuracy; ties (common: small validation sets are often all
-    right) go to the lower validation log loss, i.e. the confident-and-right model, whose
-    wider margins also survive int8 quantisation (NEU: 2 flips with the smallest tied C)."""
+    right) go to the lower validation log loss, i.e. the confident-and-right model: its
+    wider margins leave int8 rounding less room to flip an answer (measured on NEU: the
+    experiment note named in the module docstring)."""
     t0 = time.perf_counter()
     mu = f_train.mean(0)
     scale = float(f_train.std(0).mean()) or 1.0
