@@ -20,11 +20,9 @@ from collections.abc import Callable
 
 import anyio
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sightwise.data.decode import decode_image
 from sightwise.errors import ImageDecodeError, SightwiseError
@@ -32,6 +30,7 @@ from sightwise.label.pool import PoolError
 from sightwise.label.session import LabelSession, SessionError
 from sightwise.serve.admission import BodyLimitMiddleware
 from sightwise.serve.auth import TokenGate
+from sightwise.serve.errors import answer, install_error_handlers
 from sightwise.serve.hosts import HostCheck
 from sightwise.serve.pages import STATIC_DIR, SecurityHeaders
 from sightwise.serve.schemas import ApiError
@@ -75,12 +74,9 @@ def create_label_app(session: LabelSession, *, token: str, host: str = "127.0.0.
 
 
 def _add_error_handlers(app: FastAPI) -> None:
-    def answer(err: ApiError) -> JSONResponse:
-        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-
-    @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
-        return answer(exc)
+    """`sightwise serve`'s handlers (one error shape, 4xx for client mistakes), plus the
+    labelling session's own errors."""
+    install_error_handlers(app)
 
     @app.exception_handler(PoolError)
     async def pool_error(request: Request, exc: PoolError):
@@ -90,23 +86,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def session_error(request: Request, exc: SightwiseError):
         code = 422 if isinstance(exc, SessionError) else 503
         return answer(ApiError(code, "rejected" if code == 422 else "unavailable", str(exc)))
-
-    @app.exception_handler(RequestValidationError)
-    async def validation_error(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return answer(ApiError(422, "invalid_parameter", f"{where}: {first.get('msg', 'invalid')}"))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException):
-        codes = {404: "not_found", 405: "method_not_allowed"}
-        return answer(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"),
-                               str(exc.detail)))
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):
-        log.exception("internal error on %s", request.url.path)
-        return answer(ApiError(500, "internal", "internal server error"))
 
 
 def _add_routes(app: FastAPI, s: LabelSession) -> None:
