@@ -72,3 +72,26 @@ def test_export_for_label_studio_carries_the_models_predictions(exported, textur
     back = read_label_studio(out, read_pool(texture_pool))
     assert [r.suggested for r in back] == [p.top[0].label for p in pred]
     assert (tmp_path / "tasks.config.xml").read_text().count("<Choice ") == 6
+
+
+def test_audit_of_a_manifest_outside_its_folder_needs_allow_outside(exported, sw_base, tmp_path):
+    """The pipeline audits its merged manifest, which names the dataset's files from another
+    folder: refused by default (as `train`), and with allow_outside the same audit as the
+    folder's own."""
+    from sightwise.data.datasets import load_dataset
+    from sightwise.errors import DataError
+    from sightwise.label.audit import run_audit
+
+    data = sw_base / "data"
+    ds = load_dataset(data)
+    manifest = tmp_path / "elsewhere" / "manifest.csv"
+    manifest.parent.mkdir()
+    lines = ["path,label"] + [f"{s.source},{ds.classes[s.label]}" for s in ds.samples]
+    manifest.write_text("\n".join(lines) + "\n")
+    quiet = dict(bundle=str(exported[0]), folds=3, progress=False, log=lambda _m: None)
+    with pytest.raises(DataError, match="outside"):
+        run_audit(str(manifest), **quiet)
+    got = run_audit(str(manifest), allow_outside=True, **quiet)
+    want = run_audit(str(data), **quiet)
+    assert got["summary"]["images"] == want["summary"]["images"] == len(ds.samples)
+    assert got["summary"]["suspects"] == want["summary"]["suspects"]

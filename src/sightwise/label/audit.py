@@ -167,12 +167,14 @@ def audit_features(feats: Features, classes: list[str], *, folds: int = DEFAULT_
 def run_audit(data: str, *, bundle: str | None = None, folds: int = DEFAULT_FOLDS,
               seed: int = 0, labels: str = "top", model: str | None = None,
               img_size: int | None = None, dup_threshold: float = DUP_THRESHOLD,
-              progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Load DATA (any form `train` reads), compute features, audit them."""
+              allow_outside: bool = False, progress: bool = True,
+              log: Callable[[str], None] = print) -> dict:
+    """Load DATA (any form `train` reads), compute features, audit them. `allow_outside`
+    lets a CSV manifest name files outside its own folder (as `train --allow-outside`)."""
     from sightwise.data.datasets import load_dataset
     from sightwise.label.features import backbone_features, bundle_features
 
-    ds = load_dataset(data, labels=labels)
+    ds = load_dataset(data, labels=labels, allow_outside=allow_outside)
     if bundle is not None:
         feats = bundle_features(ds, bundle, progress=progress, log=log)
     else:

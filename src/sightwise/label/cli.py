@@ -85,6 +85,8 @@ def audit(
     out: Annotated[str, typer.Option("--out", "-o", help="Labels CSV for --review.")] = "review.csv",
     labels: Annotated[str, typer.Option(help="Class = top folder | leaf.")] = "top",
     seed: Annotated[int, typer.Option(help="Seed for the folds.")] = 0,
+    allow_outside: Annotated[bool, typer.Option(help="Let a CSV manifest name files outside "
+                                                "its own folder.")] = False,
     host: Host = "127.0.0.1",
     port: Port = 8765,
     token_file: TokenFile = None,
@@ -96,7 +98,7 @@ def audit(
     if folds < 2:
         raise ValueError("--folds must be at least 2")
     result = run_audit(data, bundle=bundle, folds=folds, seed=seed, labels=labels,
-                       progress=progress and not as_json, log=_log)
+                       allow_outside=allow_outside, progress=progress and not as_json, log=_log)
     if html:
         from sightwise.label.audit_html import write_audit_html
 

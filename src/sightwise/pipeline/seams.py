@@ -10,7 +10,6 @@ When a package is missing or not configured, its gate is reported *skipped* with
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,17 +67,15 @@ def label_audit() -> tuple[AuditProvider | None, str]:
         from sightwise.label.audit import run_audit
     except ImportError:
         return None, "the label audit (sightwise.label.audit) is not installed"
-    takes_outside = "allow_outside" in inspect.signature(run_audit).parameters
 
     def audit(manifest: Path, dataset: Path, progress: bool) -> dict:
-        # The merged manifest names files outside its own folder; an audit that cannot be
-        # told so reads the dataset itself (without the labels file's answers).
-        kwargs = {"allow_outside": True} if takes_outside else {}
-        source = manifest if takes_outside else dataset
-        res = run_audit(str(source), progress=progress, log=lambda _m: None, **kwargs)
+        # The merged manifest (the dataset plus the labels file's answers) names files
+        # outside its own folder.
+        res = run_audit(str(manifest), allow_outside=True, progress=progress,
+                        log=lambda _m: None)
         s = res["summary"]
         return {"share": float(s["suspect_share"]), "suspects": int(s["suspects"]),
-                "n": int(s["images"]), "source": str(source)}
+                "n": int(s["images"]), "source": str(manifest)}
 
     return audit, ""
 
