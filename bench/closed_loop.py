@@ -1,34 +1,42 @@
-"""The closed loop on NEU (issue #20's acceptance demonstration), as far as it runs today.
+"""The closed loop on NEU (issue #20's acceptance demonstration), end to end.
 
     python bench/closed_loop.py [--data ../shared/datasets/neu_det/images] [--out /tmp/loop]
                                 [--budget 3m] [--img-size 128] [--held-out scratches]
+                                [--window 100] [--shadow-records 120]
+                                [--per-class 150] [--stream-limit 0]   (smaller: a quick try)
 
 1. v1: `sightwise pipeline run` on five of NEU's six classes (the first 150 images of each)
    -> registered, staging, production.
 2. The shifted stream: the other images of the five classes plus the sixth class, which v1
-   has never seen. v1's true accuracy on it is measured with the ground truth.
-3. TODO(monitor): serve v1 (`sightwise serve --model neu-loop@production`) with the
-   prediction log on, stream the images through it, and let `sightwise monitor` alert
-   within its stated delay and queue the drifted window's images. Until then every
-   image of the first half of the stream stands in for the queue.
-4. TODO(label): the queued images are labelled through #10's labelling session. Until then
-   a simulated annotator writes the ground truth straight into the labels CSV, in the
-   tool's format (path,label,annotator,time,model_version,suggested,suggested_p).
-5. v2: the same PIPELINE.toml plus `labels = "labels.csv"`: the pipeline merges the labels
-   (with provenance), retrains, compares v2 with v1 on the test images neither trained on,
-   gates, registers, moves staging.
-6. TODO(serve): shadow -- `sightwise serve --model neu-loop@production --shadow
-   neu-loop@staging` writes sightwise.shadowlog records; add `[shadow] min_records`
-   to the TOML and the pipeline waits for them before production. Until then the TOML has
-   no [shadow] section and v2 goes from staging to production on its gates.
-7. TODO(serve): the running server hot-swaps to v2 (it watches NAME@production) without a
-   failed request, and the monitor's estimated accuracy recovers. Until then the script
-   measures v2's true accuracy on the second half of the stream (never labelled).
-8. The negative case: a candidate trained on labels corrupted on purpose is gated out, the
-   failing gate named (exit 3), and production stays v2.
+   has never seen, interleaved. v1's true accuracy on it is measured with the ground truth.
+3. `sightwise serve --model neu-loop@production --log project/serve-log --keep-images`
+   (a child process on 127.0.0.1, SIGHTWISE_HOME = the bench's store); the first half of the
+   stream goes through POST /v1/predict one image a request. The live monitor tests each
+   window of `--window` predictions; an alert writes a folder to the labelling queue. The
+   script prints after how many predictions the first alert came, and GET /v1/monitor's
+   windows (v1's estimated accuracy). No alert: said so, and the first half stands in.
+4. The queue's images are labelled through the labelling session (`LabelSession`:
+   `next_item` / `answer`) by a simulated annotator who knows the truth by the image's
+   sha256; the session writes labels.csv (`serve-log/...` paths inside the project).
+   The monitor's alert folders (`<alert>/items.jsonl`) are not the pool's `queue.jsonl`
+   shape, so the script writes that file first (bench/loop_serving.py: write_pool_queue).
+5. v2: PIPELINE.toml plus `labels = "labels.csv"`, `[shadow] min_records` and
+   `[monitor] log`: the pipeline merges the labels (with provenance), retrains, compares v2
+   with v1 on the test images neither trained on, gates, registers, moves staging, and
+   stops at the shadow stage (exit 3, "shadow_records: 0 < N").
+6. The server restarts with `--shadow neu-loop@staging`; the second half streams until the
+   shadow log holds N answered shadow predictions; the pipeline reruns from the shadow
+   stage (shadow gates, label-free accuracy of v2's shadow window against v1's) and
+   promotes v2 while two clients keep sending the rest of the second half.
+7. The server (watching neu-loop@production) swaps to v2 by itself; the script counts the
+   non-200 answers around the swap and prints v1's and v2's estimated (GET /v1/monitor)
+   and true (the served answers against the ground truth) accuracy.
+8. The negative case: the same queue labelled by a lying annotator (half the images given
+   the next class) gives a candidate that is gated out, the failing gate named (exit 3),
+   and production stays v2.
 
-Prints the before/after figures. Timings depend on the machine's load; the docs say when
-they were taken under load.
+Prints the before/after figures and writes OUT/closed_loop.json. Timings depend on the
+machine's load; the docs say when they were taken under load.
 """
 
 from __future__ import annotations
@@ -222,27 +230,32 @@ def step_shadow_and_swap(out: Path, project: Path, toml: Path, second: list, win
         n = wait_for(lambda: shadow_summary("neu-loop", 2)["n"] >= min_records, 30)
         print(f"6. shadow: {len(phase_b)} requests, {shadow_summary('neu-loop', 2)['n']} shadow "
               f"records{'' if n else ' (fewer than min_records: the rerun will say so)'}")
-        rest, phase_c, swapped = second[len(phase_b):], [], threading.Event()
+        rest, phase_c, swapped, at = second[len(phase_b):], [], threading.Event(), {}
 
-        def traffic():  # slow before the swap, so that most of the rest is served by v2
-            for item in rest:
+        def traffic(items):  # slow before the swap, so that most of the rest is served by v2
+            for item in items:
                 phase_c.extend(stream(srv, [item]))
-                if phase_c[-1].get("version") == 2:
+                if phase_c[-1].get("version") == 2 and not swapped.is_set():
+                    at["t"] = time.time()  # the monitor's windows carry wall-clock times
                     swapped.set()
                 if not swapped.is_set():
                     time.sleep(0.3)
 
-        sender = threading.Thread(target=traffic, daemon=True)
-        sender.start()
+        # two clients at once, so that requests are in flight while the model is swapped
+        senders = [threading.Thread(target=traffic, args=(rest[i::2],), daemon=True)
+                   for i in range(2)]
+        for t in senders:
+            t.start()
         s = run(toml)
         if s["exit_code"] == 0:
             wait_for(swapped.is_set, 60)
-        sender.join(timeout=900)
+        for t in senders:
+            t.join(timeout=900)
         wait_for(lambda: _log_idle(srv), 30)
         summary = srv.monitor()
     swap_at = next((i for i, a in enumerate(phase_c) if a.get("version") == 2), None)
     return {"rerun": s, "phase_b": phase_b, "phase_c": phase_c, "swap_at": swap_at,
-            "summary": summary}
+            "summary": summary, "swap_time": at.get("t")}
 
 
 def main() -> None:
@@ -325,16 +338,22 @@ def report_live(live: dict | None, answers_a: list, v1_windows: list, acc1_u: fl
               f"production now {acc2_u:.3f}")
         return {"v1": {"served_true": v1_true}}
     t_c = tally(live["phase_c"])
-    v2_windows = [w for w in windows_of(live["summary"]) if str(w.get("version")) == "2"]
+    v2_all = [w for w in windows_of(live["summary"]) if str(w.get("version")) == "2"]
+    # v2's windows before the swap hold its shadow answers; after it, the served ones (and
+    # the shadow's copies: staging and production are both v2 then, so each image twice)
+    t_swap = live["swap_time"] or float("inf")
+    v2_shadow = [w for w in v2_all if w["start"] < t_swap]
+    v2_windows = [w for w in v2_all if w["start"] >= t_swap]
     v2 = t_c["by_version"].get("2", {})
     print(f"7. hot swap: {len(live['phase_c'])} requests while the pipeline promoted, "
           f"{t_c['failed']} failed (statuses {t_c['statuses']}); the first answer from v2 was "
           f"request {live['swap_at']}")
     print(f"   v1: estimated {_est(v1_windows)}; true {v1_true:.3f} on the "
           f"{t_a['by_version'].get('1', {}).get('n', 0)} images it served in step 3")
+    print(f"   v2 in shadow, before the swap: estimated {_est(v2_shadow)}")
     if v2:
-        print(f"   v2: estimated {_est(v2_windows)}; true {v2['accuracy']:.3f} on the {v2['n']} "
-              "images it served after the swap")
+        print(f"   v2 serving, after the swap: estimated {_est(v2_windows)}; true "
+              f"{v2['accuracy']:.3f} on the {v2['n']} images it served")
     else:
         print("   v2 served no request: no swap was seen")
     print(f"   offline, the whole second half: v1 {acc1_u:.3f}, v2 {acc2_u:.3f}")
@@ -343,7 +362,8 @@ def report_live(live: dict | None, answers_a: list, v1_windows: list, acc1_u: fl
             "shadow_requests": len(live["phase_b"]),
             "v1": {"served_true": v1_true, "estimated": [w["estimated_accuracy"] for w in v1_windows]},
             "v2": {"served_true": v2.get("accuracy"), "served_n": v2.get("n"),
-                   "estimated": [w["estimated_accuracy"] for w in v2_windows]}}
+                   "estimated": [w["estimated_accuracy"] for w in v2_windows],
+                   "estimated_in_shadow": [w["estimated_accuracy"] for w in v2_shadow]}}
 
 
 if __name__ == "__main__":

@@ -166,10 +166,12 @@ def write_pool_queue(queue_dir: Path) -> int:
         alert = json.loads((folder / "alert.json").read_text())
         for line in (folder / "items.jsonl").read_text().splitlines():
             it = json.loads(line)
-            if not it.get("image") or it["sha256"] in seen:
-                continue  # not kept (no --keep-images), or queued by an earlier alert
+            if it["sha256"] in seen:
+                continue  # queued by an earlier alert too
             seen.add(it["sha256"])
-            lines.append({"path": f"{folder.name}/{it['image']}", "sha256": it["sha256"],
+            # an image that was not kept goes in by its sha256 alone: the pool reports it
+            where = {"path": f"{folder.name}/{it['image']}"} if it.get("image") else {}
+            lines.append({**where, "sha256": it["sha256"],
                           "priority": round(1 - it["confidence"], 6),
                           "reason": f"drift window {it['window']} (alert {alert['id']})",
                           "suggested": it["predicted"], "suggested_p": it["confidence"]})
