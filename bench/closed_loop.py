@@ -183,6 +183,9 @@ def step_monitor(out: Path, project: Path, first: list, window: int):
     print(f"   monitor: {len(windows_of(summary))} tested windows of {window}, "
           f"{sum(w['drift'] for w in windows_of(summary))} drifted, {summary['alerts']} alert(s); "
           f"v1 estimated accuracy {_est(wins)} (reference {summary.get('reference_accuracy')})")
+    print("   windows (index: D drifted, A alerted; estimated accuracy): " + ", ".join(
+        f"{w['index']}:{'A' if w['alert'] else 'D' if w['drift'] else '-'} "
+        f"{w['estimated_accuracy']:.2f}" for w in wins))
     if first_alert:
         print(f"   first alert: window {first_alert['window']}, i.e. after {first_alert['after']} "
               f"predictions (its queue folder was on disk after {first_alert['seen_after']} "
@@ -258,7 +261,7 @@ def step_shadow_and_swap(out: Path, project: Path, toml: Path, second: list, win
             "summary": summary, "swap_time": at.get("t")}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default="../shared/datasets/neu_det/images")
     ap.add_argument("--out", default="/tmp/sightwise-closed-loop")
@@ -269,7 +272,11 @@ def main() -> None:
     ap.add_argument("--stream-limit", type=int, default=0, help="first N of the stream (0: all)")
     ap.add_argument("--window", type=int, default=100, help="the monitor's window")
     ap.add_argument("--shadow-records", type=int, default=120, help="[shadow] min_records")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     data, out = Path(args.data), Path(args.out)
     if not data.is_dir():
         sys.exit(f"no dataset at {data} (NEU: ../shared/datasets/neu_det/images)")
@@ -302,7 +309,7 @@ def main() -> None:
     print(f"5. v2 on the merged labels, [shadow] min_records = {args.shadow_records}")
     toml = pipeline_toml(project, args.budget, args.img_size, labels=True,
                          shadow=args.shadow_records)
-    s2 = run(toml)
+    s2 = s2_first = run(toml)
     live = None
     if s2["version"] and any(st["name"] == "staging" and st["status"] != "failed"
                              for st in s2.get("stages", [])):
@@ -317,8 +324,12 @@ def main() -> None:
     step_label(project, first, first_alert, classes, truth, labels_csv=labels_csv,
                annotator="mallory", corrupt=True, pool=pool)
     s3 = run(toml)
-    result.update({"v1": {"exit": s1["exit_code"], "version": s1["version"], "wall_s": s1["wall_s"]},
-                   "v2": {"exit": s2["exit_code"], "version": s2["version"], "wall_s": s2["wall_s"]},
+    result.update({"pipeline": {
+                       "v1": {"exit": s1["exit_code"], "version": s1["version"], "wall_s": s1["wall_s"]},
+                       "v2": {"exit": s2["exit_code"], "version": s2["version"], "wall_s": s2["wall_s"],
+                              "first_run_exit": s2_first["exit_code"],
+                              "first_run_reason": s2_first["reason"],
+                              "first_run_wall_s": s2_first["wall_s"]}},
                    "first_alert": first_alert, "queued": len(pool),
                    "corrupted": {"exit": s3["exit_code"], "reason": s3["reason"]},
                    "stream": {"n": len(stream_items), "v1_acc_unseen": acc1_u,
