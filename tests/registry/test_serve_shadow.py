@@ -54,6 +54,15 @@ def test_the_shadow_answers_a_copy_and_never_changes_the_primary(staged):
     assert summary["n"] == len(uploads) and 0.0 <= summary["agreement"] <= 1.0
 
 
+def test_after_promotion_the_shadow_does_not_shadow_itself(staged):
+    """Once production and staging name the same version, nothing is recorded: a record of
+    a version against itself would double-count its images."""
+    promote("parts", 2, force=True)  # staging's version becomes production
+    _predict(ServeSettings(model="parts@production", shadow="parts@staging", log=False),
+             _uploads(staged, n=3))
+    assert list(read_shadow("parts")) == []
+
+
 def test_a_failing_shadow_never_fails_a_request(staged, monkeypatch):
     from sightwise.serve import shadow as shadow_mod
 

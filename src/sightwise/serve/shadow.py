@@ -89,6 +89,11 @@ class ShadowObserver:
             if self._predictor is None:
                 self.counts["no_shadow"] += 1
                 return
+            if self._version == event.version:
+                # The candidate was promoted: it now answers the traffic itself, and a
+                # record comparing it with itself would only double-count its images.
+                self.counts["same_version"] += 1
+                return
             image = decode_image(event.image_bytes)
             probs, emb = self._outputs(image)
             top = int(top_k_indices(probs, 1)[0])
