@@ -18,8 +18,7 @@
 4. The queue's images are labelled through the labelling session (`LabelSession`:
    `next_item` / `answer`) by a simulated annotator who knows the truth by the image's
    sha256; the session writes labels.csv (`serve-log/...` paths inside the project).
-   The monitor's alert folders (`<alert>/items.jsonl`) are not the pool's `queue.jsonl`
-   shape, so the script writes that file first (bench/loop_serving.py: write_pool_queue).
+   `read_pool` reads the monitor's alert folders as they are (each image once).
 5. v2: PIPELINE.toml plus `labels = "labels.csv"`, `[shadow] min_records` and
    `[monitor] log`: the pipeline merges the labels (with provenance), retrains, compares v2
    with v1 on the test images neither trained on, gates, registers, moves staging, and
@@ -59,7 +58,6 @@ from loop_serving import (  # noqa: E402 - the helper beside this script
     tally,
     wait_for,
     windows_of,
-    write_pool_queue,
 )
 
 SIXTH = "scratches"
@@ -200,7 +198,7 @@ def step_label(project: Path, first: list, first_alert, classes: list[str], trut
 
     if pool is None:
         queue_dir = project / LOG_DIR / "labelling-queue"
-        if first_alert and write_pool_queue(queue_dir):
+        if first_alert and alert_folders(queue_dir):
             pool = read_pool(queue_dir)
             print(f"   queue: {len(pool)} distinct kept images from the alert folders "
                   f"({len(pool.notes)} note(s){': ' + pool.notes[0] if pool.notes else ''})")

@@ -10,7 +10,6 @@ and every wait is bounded.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import secrets
@@ -154,29 +153,6 @@ def alert_folders(queue_dir: Path) -> list[Path]:
         return []
     return sorted(p for p in queue_dir.iterdir()
                   if p.is_dir() and not p.name.startswith(".") and (p / "items.jsonl").is_file())
-
-
-def write_pool_queue(queue_dir: Path) -> int:
-    """The monitor writes one folder per alerted window (`<alert>/items.jsonl`, field `image`);
-    the labelling pool reads `queue.jsonl` (field `path`) at its root. This writes that file
-    from every alert folder, one line per distinct image (by upload sha256), least confident
-    first, the monitor's guess as the suggestion. Returns the number of images."""
-    lines, seen = [], set()
-    for folder in alert_folders(queue_dir):
-        alert = json.loads((folder / "alert.json").read_text())
-        for line in (folder / "items.jsonl").read_text().splitlines():
-            it = json.loads(line)
-            if it["sha256"] in seen:
-                continue  # queued by an earlier alert too
-            seen.add(it["sha256"])
-            # an image that was not kept goes in by its sha256 alone: the pool reports it
-            where = {"path": f"{folder.name}/{it['image']}"} if it.get("image") else {}
-            lines.append({**where, "sha256": it["sha256"],
-                          "priority": round(1 - it["confidence"], 6),
-                          "reason": f"drift window {it['window']} (alert {alert['id']})",
-                          "suggested": it["predicted"], "suggested_p": it["confidence"]})
-    (queue_dir / "queue.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    return len(lines)
 
 
 def label_pool(pool, labels_csv: Path, classes: list[str], truth: dict[str, str], *,

@@ -80,3 +80,37 @@ def test_a_pool_from_paths_keeps_order_and_drops_repeats(pool_dir):
     pool = Pool.from_paths(paths, [{"given": "g"}, {"given": "r"}, {"given": "g"}])
     assert [it.rel for it in pool.items] == ["green_001.png", "red_002.png"]
     assert pool.root == pool_dir.resolve()
+
+
+def test_the_monitors_alert_folders_are_a_pool(pool_dir, tmp_path):
+    """What `sightwise.monitor.alerts.write_queue_entry` writes (one folder per alert, kept
+    images hard-linked from the log) is read as one pool: each image once although alerts
+    overlap, least confident first, the model's guess as the suggestion, and an image that
+    was not kept reported with its file."""
+    from sightwise.core import sha256_path
+    from sightwise.monitor.alerts import write_queue_entry
+
+    log_dir, queue = tmp_path / "log", tmp_path / "queue"
+    (log_dir / "img").mkdir(parents=True)
+    files = sorted(pool_dir.glob("*.png"))[:4]
+    for f in files:
+        (log_dir / "img" / f.name).write_bytes(f.read_bytes())
+
+    def item(f, conf, window, kept=True):
+        return {"sha256": sha256_path(f), "time": 0.0, "window": window, "predicted": "red",
+                "confidence": conf, "outlier_score": None, "source": str(f),
+                "log_image": f"img/{f.name}" if kept else None}
+
+    write_queue_entry(queue, {"id": "a1", "version": 3},
+                      [item(files[0], 0.4, 1), item(files[1], 0.9, 1)], log_dir)
+    write_queue_entry(queue, {"id": "a2", "version": 3},
+                      [item(files[1], 0.9, 2), item(files[2], 0.2, 2),
+                       item(files[3], 0.1, 2, kept=False)], log_dir)
+    pool = read_pool(queue)
+    assert [it.meta["sha256"] for it in pool.items] == [sha256_path(f) for f in
+                                                         (files[2], files[0], files[1])]
+    assert [it.path.read_bytes() for it in pool.items] == [f.read_bytes() for f in
+                                                           (files[2], files[0], files[1])]
+    first = pool.items[0].meta
+    assert (first["suggested"], first["suggested_p"], first["model_version"]) == ("red", 0.2, 3)
+    assert len(pool.notes) == 1 and "not kept" in pool.notes[0] and str(files[3]) in pool.notes[0]

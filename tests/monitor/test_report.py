@@ -299,3 +299,19 @@ def test_batch_predict_out_with_log_records_what_predict_log_records(ref_bundle,
     res = CliRunner().invoke(app, [*base, "--out", str(tmp_path / "q.csv"), "--engine", "ray",
                                    "--log", str(tmp_path / "c")])
     assert res.exit_code != 0 and "local engine" in res.output
+
+
+def test_the_pipelines_window_seam_reads_the_log_in_the_servers_window_size(stream_log, ref_bundle):
+    """`[monitor] window = W` in PIPELINE.toml: the label-free gate sees the latest window of
+    W predictions, as `monitor report --window W` does (the default 100 would see none of a
+    short log)."""
+    from sightwise.pipeline.seams import monitor_window
+
+    log_dir, _ = stream_log
+    provider, why = monitor_window(log_dir, W)
+    assert why == ""
+    got = provider(ref_bundle)
+    want = [w for w in monitor_report(log_dir, ref_bundle, config=MonitorConfig(
+        window=W, min_n=min(20, W)))["windows"] if w["estimated_accuracy"] is not None][-1]
+    assert (got["window"], got["n"]) == (want["index"], want["n"]) and got["n"] == W
+    assert got["estimated_accuracy"] == pytest.approx(want["estimated_accuracy"])

@@ -16,6 +16,11 @@ alert writes:
 entry whose path points outside the folder is refused (the labelling server would otherwise
 serve any file the user can read); an entry naming only a sha256 (images not kept) or a
 missing file is reported and skipped.
+
+The monitor's labelling queue (`LOG/labelling-queue/`, see `sightwise.monitor.alerts`) is
+read as it is: one folder per alert with `items.jsonl` (the kept image under `image`) and
+`alert.json`. Its images become one pool, each image once (alerts overlap), least confident
+first, with the model's guess as the suggestion.
 """
 
 from __future__ import annotations
@@ -99,7 +104,10 @@ def read_pool(folder: str | Path) -> Pool:
     root = root.resolve()
     for name in QUEUE_FILES:
         if (root / name).is_file():
-            return _read_queue(root, name)
+            return _read_queue(root, name, _queue_records(root, name))
+    alerts = _alert_folders(root)
+    if alerts:
+        return _read_queue(root, "alerts", _alert_records(alerts))
     items = [PoolItem(f.resolve(), f.relative_to(root).as_posix())
              for f in sorted(root.rglob("*"))
              if f.is_file() and is_image_path(f) and not _hidden(f.relative_to(root))]
@@ -135,16 +143,47 @@ def _queue_records(root: Path, name: str) -> list[tuple[int, dict]]:
     return out
 
 
-def _read_queue(root: Path, name: str) -> Pool:
+def _alert_folders(root: Path) -> list[Path]:
+    """The monitor's finished alert folders (a name starting with '.' is being written)."""
+    return sorted(p for p in root.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and (p / "items.jsonl").is_file())
+
+
+def _alert_records(folders: list[Path]) -> list[tuple[str, dict]]:
+    """Queue records from the monitor's alert folders: each image once (by sha256)."""
+    out, seen = [], set()
+    for folder in folders:
+        try:
+            alert = json.loads((folder / "alert.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            alert = {}
+        for lineno, rec in _queue_records(folder, "items.jsonl"):
+            sha = rec.get("sha256")
+            if sha in seen:
+                continue  # an earlier alert queued it too
+            seen.add(sha)
+            where = {"path": f"{folder.name}/{rec['image']}"} if rec.get("image") else {}
+            conf = _priority(rec.get("confidence"))
+            out.append((f"{folder.name}/items.jsonl:{lineno}", {
+                **where, "sha256": sha, "source": rec.get("source"),
+                "priority": None if conf is None else round(1.0 - conf, 6),
+                "reason": f"drift window {rec.get('window')} (alert {folder.name})",
+                "suggested": rec.get("predicted"), "suggested_p": conf,
+                "model_version": alert.get("version")}))
+    return out
+
+
+def _read_queue(root: Path, name: str, records) -> Pool:
     items, notes, seen = [], [], set()
     priorities = []
-    for lineno, rec in _queue_records(root, name):
-        where = f"{name}:{lineno}"
+    for lineno, rec in records:
+        where = f"{name}:{lineno}" if isinstance(lineno, int) else lineno
         rel = rec.get("path") or rec.get("file")
         if not rel:
             if rec.get("sha256"):
+                src = f" (its file: {rec['source']})" if rec.get("source") else ""
                 notes.append(f"{where}: image {str(rec['sha256'])[:12]}… was not kept "
-                             "(only its sha256 is queued); skipped")
+                             f"(only its sha256 is queued){src}; skipped")
                 continue
             raise PoolError(f"{root / name}:{lineno}: entry has no 'path'")
         p = (root / str(rel)).resolve()

@@ -60,7 +60,8 @@ def run_pipeline(spec: PipelineSpec, *, from_stage: str | None = None, dry_run: 
     """Run (or with `dry_run`, plan) the pipeline; return the summary (also WORK/summary.json
     and, unless `track` is False or SIGHTWISE_TRACKING=0, an MLflow run)."""
     check_stage(from_stage)
-    ctx = st.Context(spec, spec.work, seams or default_seams(spec.monitor_log), log, progress)
+    seams = seams or default_seams(spec.monitor_log, spec.monitor_window)
+    ctx = st.Context(spec, spec.work, seams, log, progress)
     if dry_run:
         return _plan(ctx, from_stage)
     t0 = time.perf_counter()

@@ -2,10 +2,10 @@
 recent window, and the label audit's share of suspected label errors.
 
 Each is a plain callable in `Seams`, so a test (or another deployment) can hand in its own.
-`default_seams` finds the real ones: `sightwise.monitor`'s ``monitor_summary(log_dir,
+`default_seams` gives the real ones: `sightwise.monitor`'s ``monitor_summary(log_dir,
 bundle)`` (per-window ``estimated_accuracy``) and `sightwise.label.audit`'s ``run_audit``.
-When a package is missing or not configured, its gate is reported *skipped* with the reason
-(neither passed nor failed).
+When one is not configured (no [monitor] log) or cannot run (the audit needs the train
+extra), its gate is reported *skipped* with the reason (neither passed nor failed).
 """
 
 from __future__ import annotations
@@ -30,28 +30,19 @@ class Seams:
     audit_reason: str = "the label audit (sightwise.label.audit) is not installed"
 
 
-def _monitor_summary():
-    """monitor_summary wherever sightwise.monitor offers it, or None."""
-    for module in ("sightwise.monitor", "sightwise.monitor.report"):
-        try:
-            mod = __import__(module, fromlist=["monitor_summary"])
-        except ImportError:
-            continue
-        fn = getattr(mod, "monitor_summary", None)
-        if callable(fn):
-            return fn
-    return None
-
-
-def monitor_window(log_dir: Path | None) -> tuple[WindowProvider | None, str]:
+def monitor_window(log_dir: Path | None, window: int = 100
+                   ) -> tuple[WindowProvider | None, str]:
+    """The latest window's label-free accuracy in the prediction log at `log_dir`, in
+    windows of `window` predictions (use the server's `--window`)."""
     if log_dir is None:
         return None, "no monitored window ([monitor] log is not set)"
-    summary_of = _monitor_summary()
-    if summary_of is None:
-        return None, "no monitored window (this install's sightwise.monitor has no monitor_summary)"
+    from sightwise.monitor.report import monitor_summary
+    from sightwise.monitor.windows import MonitorConfig
+
+    config = MonitorConfig(window=window, min_n=min(20, window))
 
     def latest_window(bundle) -> dict | None:
-        summary = summary_of(log_dir, bundle)
+        summary = monitor_summary(log_dir, bundle, config=config)
         windows = [w for w in summary.get("windows", []) if w.get("estimated_accuracy") is not None]
         if not windows:
             return None
@@ -80,8 +71,8 @@ def label_audit() -> tuple[AuditProvider | None, str]:
     return audit, ""
 
 
-def default_seams(monitor_log: Path | None) -> Seams:
-    window, why_w = monitor_window(monitor_log)
+def default_seams(monitor_log: Path | None, monitor_window_size: int = 100) -> Seams:
+    window, why_w = monitor_window(monitor_log, monitor_window_size)
     audit, why_a = label_audit()
     return Seams(window=window, window_reason=why_w, audit=audit, audit_reason=why_a)
 

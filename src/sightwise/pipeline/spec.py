@@ -107,6 +107,7 @@ class PipelineSpec:
     work: Path
     shadow: MappingProxyType | None = None
     monitor_log: Path | None = None
+    monitor_window: int = 100  # the server's --window: predictions per monitored window
     raw: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def train_config(self, manifest: Path, out: Path, *, progress: bool) -> TrainConfig:
@@ -120,7 +121,8 @@ class PipelineSpec:
                 "train": dict(self.train), "export": dict(self.export),
                 "gates": dict(self.gates), "name": self.name, "work": str(self.work),
                 "shadow": dict(self.shadow) if self.shadow else None,
-                "monitor_log": str(self.monitor_log) if self.monitor_log else None}
+                "monitor_log": str(self.monitor_log) if self.monitor_log else None,
+                "monitor_window": self.monitor_window}
 
 
 def load_spec(path: str | Path, *, work: str | Path | None = None) -> PipelineSpec:
@@ -170,7 +172,10 @@ def parse_spec(doc: dict, toml: Path, *, work: str | Path | None = None) -> Pipe
     if shadow is not None and "min_records" not in shadow:
         raise bad("[shadow] min_records: missing (how many shadow predictions to require)")
     monitor = doc.get("monitor", {})
-    _known(monitor, ("log",), "monitor", bad)
+    _known(monitor, ("log", "window"), "monitor", bad)
+    window = monitor.get("window", 100)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 2:
+        raise bad(f"[monitor] window: a whole number of predictions >= 2, got {window!r}")
     pipe = doc.get("pipeline", {})
     _known(pipe, ("work",), "pipeline", bad)
     labels = data.get("labels")
@@ -187,6 +192,7 @@ def parse_spec(doc: dict, toml: Path, *, work: str | Path | None = None) -> Pipe
             _resolve(root, pipe["work"]) if "work" in pipe else root / DEFAULT_WORK / name),
         shadow=MappingProxyType(shadow) if shadow is not None else None,
         monitor_log=_resolve(root, monitor["log"]) if monitor.get("log") else None,
+        monitor_window=window,
         raw=MappingProxyType(doc))
 
 
