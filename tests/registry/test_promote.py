@@ -247,7 +247,7 @@ def test_retrained_on_another_split_is_compared_on_images_neither_trained_on(hom
     v1 saw 6-7 in validation, so the common ground is images 8-9: n = 6. On them GOOD is
     right 6/6; BAD calls the two blue ones "a": accuracy 4/6, macro-F1 (4/6 + 1 + 0) / 3."""
     from sightwise.bundle import load_bundle
-    from sightwise.registry.promote import compare_versions
+    from sightwise.registry.compare import compare_versions
 
     register_bundle(_colour_bundle(tmp_path / "v1", colours, GOOD, SPLIT_1), "m")
     register_bundle(_colour_bundle(tmp_path / "v2", colours, BAD, SPLIT_2), "m")
@@ -286,7 +286,7 @@ def test_labels_that_disagree_and_changed_files_are_left_out(home, tmp_path, col
     """Image 8 of class b is labelled "c" by v2: the two disagree about the truth, so it is
     not evaluated; image 9 of class a is rewritten after training: not the tested image."""
     from sightwise.bundle import load_bundle
-    from sightwise.registry.promote import compare_versions
+    from sightwise.registry.compare import compare_versions
 
     v1 = _colour_bundle(tmp_path / "v1", colours, GOOD, SPLIT_1)
     v2 = _colour_bundle(tmp_path / "v2", colours, GOOD, SPLIT_2, relabel={("b", 8): "c"})
@@ -298,7 +298,7 @@ def test_labels_that_disagree_and_changed_files_are_left_out(home, tmp_path, col
 
 def test_not_comparable_is_the_last_resort_and_says_why(home, tmp_path, colours):
     from sightwise.bundle import load_bundle
-    from sightwise.registry.promote import compare_versions
+    from sightwise.registry.compare import compare_versions
 
     every = {i: "train" for i in range(10)}  # v2 trains on v1's test images, and v1 on v2's
     v1 = _colour_bundle(tmp_path / "v1", colours, GOOD, SPLIT_1)
@@ -314,7 +314,7 @@ def test_paired_bootstrap_against_scikit_learn():
     import numpy as np
     from sklearn.metrics import accuracy_score, f1_score
 
-    from sightwise.registry.promote import macro_f1_from_counts, paired_bootstrap
+    from sightwise.registry.compare import macro_f1_from_counts, paired_bootstrap
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, 60)

@@ -296,7 +296,7 @@ def gates_inputs(ctx: Context, prev: dict | None) -> dict:
 
 def gates_run(ctx: Context) -> dict:
     from sightwise.bundle import load_bundle
-    from sightwise.registry.promote import compare_versions
+    from sightwise.registry.compare import compare_versions
 
     limits = ctx.spec.gates
     bundle = load_bundle(ctx.bundle_dir)

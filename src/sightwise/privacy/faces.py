@@ -59,8 +59,8 @@ class FaceDetector:
         self._nets = []
         for cls, name in ((PNet, "pnet"), (RNet, "rnet"), (ONet, "onet")):
             net = cls(pretrained=False)  # the package's own loader uses a plain torch.load
-            state = torch.load(os.path.join(folder, f"{name}.pt"), map_location="cpu",
-                               weights_only=True)
+            weights = os.path.join(folder, f"{name}.pt")
+            state = torch.load(weights, map_location="cpu", weights_only=True)  # tensors only
             net.load_state_dict(state)
             self._nets.append(net.eval())
 
