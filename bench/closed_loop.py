@@ -117,7 +117,7 @@ def run(toml: Path) -> dict:
     summary["wall_s"] = time.perf_counter() - t0
     print(f"  -> {summary['outcome']}: {summary['reason']} (exit {summary['exit_code']}, "
           f"{summary['wall_s']:.0f} s)")
-    for g in summary["gates"]:
+    for g in summary["gates"] + summary.get("skipped_gates", []):
         value = "-" if g["value"] is None else f"{g['value']:.4g}"
         print(f"     {g['status']:<8}{g['name']:<30}{value:<10}{g.get('detail', '')}")
     return summary

@@ -22,7 +22,7 @@ pipeline_app = typer.Typer(no_args_is_help=True, add_completion=False,
 
 
 def _error_json(msg: str, code: int) -> str:
-    return json.dumps({"stages": [], "gates": [], "promoted": False, "version": None,
+    return json.dumps({"stages": [], "gates": [], "skipped_gates": [], "promoted": False, "version": None,
                        "outcome": "bad input" if code == 2 else "error", "reason": msg,
                        "exit_code": code}, indent=2)
 

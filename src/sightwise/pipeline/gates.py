@@ -3,8 +3,10 @@
 
 `status` is "passed", "failed" or "skipped" (then `passed` is null and `detail` says why:
 no production version yet, no monitored window, the audit is not installed). A skipped gate
-neither blocks nor blesses a candidate. The functions here compute gates from plain numbers
-so each can be checked by hand; the stages feed them what they measured.
+neither blocks nor blesses a candidate; the run's summary lists it under "skipped_gates", so
+every entry of its "gates" has a boolean "passed" (the --json contract). The functions here
+compute gates from plain numbers so each can be checked by hand; the stages feed them what
+they measured.
 """
 
 from __future__ import annotations

@@ -61,14 +61,19 @@ def format_text(summary: dict) -> str:
         extra = e.get("error") or (e.get("reason") if e["status"] != "ran" else "") or ""
         lines.append(f"  {e['name']:<11}{e['status']:<11}{secs:>8}  "
                      f"{_figures(e.get('figures'))}{'  ' + extra if extra else ''}".rstrip())
-    if summary.get("gates"):
+    if all_gates(summary):
         lines.append("gates")
-        for status, name, value, detail in map(_gate_line, summary["gates"]):
+        for status, name, value, detail in map(_gate_line, all_gates(summary)):
             lines.append(f"  {status:<8}{name:<28}{value:<22}{detail}".rstrip())
     if summary.get("note"):
         lines.append(f"note: {summary['note']}")
     lines.append(headline(summary))
     return "\n".join(lines)
+
+
+def all_gates(summary: dict) -> list[dict]:
+    """Every gate of a summary: the decided ones, then the skipped ones (with why)."""
+    return [*summary.get("gates", []), *summary.get("skipped_gates", [])]
 
 
 def _md(text) -> str:
@@ -83,9 +88,9 @@ def format_markdown(summary: dict) -> str:
         note = e.get("error") or (e.get("reason") if e["status"] != "ran" else "") or ""
         out.append(f"| {e['name']} | {e['status']} | {secs} | "
                    f"{_md(_figures(e.get('figures')))} {_md(note)} |")
-    if summary.get("gates"):
+    if all_gates(summary):
         out += ["", "| gate | result | value | detail |", "| --- | --- | --- | --- |"]
-        for status, name, value, detail in map(_gate_line, summary["gates"]):
+        for status, name, value, detail in map(_gate_line, all_gates(summary)):
             out.append(f"| {_md(name)} | {status} | {_md(value)} | {_md(detail)} |")
     if summary.get("note"):
         out += ["", f"_{_md(summary['note'])}_"]

@@ -178,7 +178,12 @@ def _summary(ctx: st.Context, entries: list, gates: list, *, stop: dict | None =
     else:
         code, outcome, reason = ERROR, "error", "the pipeline ended without a verdict"
     summary = {"pipeline": str(ctx.spec.toml), "name": ctx.spec.name, "work": str(ctx.work),
-               "stages": entries, "gates": gates, "promoted": promoted, "version": version,
+               # The contract: each entry of "gates" has "passed": true|false. A gate that
+               # could not be evaluated (no production yet, no monitored window) is listed
+               # apart, with the reason, rather than as a third value of "passed".
+               "stages": entries, "gates": [g for g in gates if g["status"] != "skipped"],
+               "skipped_gates": [g for g in gates if g["status"] == "skipped"],
+               "promoted": promoted, "version": version,
                "outcome": outcome, "reason": reason, "exit_code": code,
                "resumed_after": resumed or [],
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -228,7 +233,7 @@ def _plan(ctx: st.Context, from_stage: str | None) -> dict:
         entries.append({"name": stage.name, "status": "would-run", "reason": why})
         stale = True
     return {"pipeline": str(ctx.spec.toml), "name": ctx.spec.name, "dry_run": True,
-            "stages": entries, "gates": [], "promoted": False,
+            "stages": entries, "gates": [], "skipped_gates": [], "promoted": False,
             "version": (ctx.outputs.get("register") or {}).get("version"),
             "outcome": "dry run", "exit_code": PROMOTED}
 
