@@ -102,14 +102,13 @@ def t_interval(values) -> tuple[float, float, float]:
 
 
 def plot(results: dict, out: Path) -> Path:
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sightwise.core import atomic_write_bytes
+    from sightwise.evaluate.figures import save_figure
 
     fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.2), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items(), strict=True):
@@ -130,10 +129,8 @@ def plot(results: dict, out: Path) -> Path:
     fig.suptitle(f"Simulated labelling: linear probe on frozen features, {res['seeds']} seeds "
                  "(mean, 95 % interval)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    save_figure(fig, out)  # atomic, like every figure the product writes
     plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
     return out
 
 

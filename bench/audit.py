@@ -78,14 +78,13 @@ def run(x, y, classes, train, test, rate, seed) -> dict:
 
 
 def plot(results: dict, out: Path) -> Path:
-    import io
 
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from sightwise.core import atomic_write_bytes
+    from sightwise.evaluate.figures import save_figure
 
     keys = [(d, r) for d in results for r in results[d]]
     labels = [f"{d}\n{100 * float(r):.0f} % flipped" for d, r in keys]
@@ -111,10 +110,8 @@ def plot(results: dict, out: Path) -> Path:
     a2.set_title("test accuracy of a linear probe")
     a2.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    save_figure(fig, out)  # atomic, like every figure the product writes
     plt.close(fig)
-    atomic_write_bytes(out, buf.getvalue())
     return out
 
 
