@@ -15,6 +15,8 @@ small files plus CSV manifests read with --allow-outside, and reused by later ru
 
     neu               NEU steel defects, 6 classes x 300, 200 px greyscale JPEG
     breastmnist       MedMNIST BreastMNIST .npz (official splits), 28 px ultrasound
+    pneumoniamnist    MedMNIST PneumoniaMNIST, the shared balanced re-sample (a modified
+                      copy: train 2,428 / val 270 / test 468), 28 px chest X-ray, 2 classes
     grocery-coarse    Grocery Store, 42 coarse classes (its own train/val/test)
     grocery-fine      Grocery Store, 81 fine classes (--labels leaf)
     tile-binary       magnetic tile, defect vs Free (crops of varying size and shape)
@@ -24,8 +26,11 @@ small files plus CSV manifests read with --allow-outside, and reused by later ru
     neu-imbalanced    NEU with one class cut to 10 % of its images
     detail-large      NEU 64 px crops pasted at a seeded place into 768 px grey canvases:
                       large images with small details
-    mixed-modes       Grocery coarse (10 classes) re-saved at mixed sizes and modes
-                      (L, RGBA, P, CMYK JPEG, 16-bit PNG)
+    mixed-modes       Grocery's 3 top-level groups (Fruit, Packages, Vegetables), every
+                      photo re-saved at mixed sizes and modes (L, RGBA, P, CMYK JPEG,
+                      16-bit PNG)
+    mixed-small       Apple vs Pear from Grocery, 125 each, re-saved the same way: 250
+                      images, so ~38 validation and ~38 test images (ties are likely)
 
 Each row is one run, one seed: the intervals are the test split's, not the seed's.
 """
@@ -128,35 +133,62 @@ def detail_large(work: Path, canvas: int = 768, crop: int = 64) -> tuple[Path, l
     return out, []
 
 
-def mixed_modes(work: Path, n_classes: int = 10) -> tuple[Path, list[str]]:
+MODES = ["L", "RGBA", "P", "CMYK", "I;16", "RGB"]
+
+
+def _resave(src: Path, dst_dir: Path, i: int, rng: np.random.Generator,
+            stem: str | None = None) -> None:
+    """Save one photo rescaled by a random factor (0.4-2.5) in the i-th of MODES."""
+    stem = stem or src.stem
+    img = Image.open(src).convert("RGB")
+    scale = rng.uniform(0.4, 2.5)
+    img = img.resize((max(16, round(img.width * scale)), max(16, round(img.height * scale))))
+    mode = MODES[i % len(MODES)]
+    if mode == "CMYK":
+        img.convert("CMYK").save(dst_dir / f"{stem}.jpg", quality=90)
+    elif mode == "I;16":
+        arr = (np.asarray(img.convert("L"), np.uint16) * 257)
+        Image.fromarray(arr).save(dst_dir / f"{stem}.png")
+    elif mode == "P":
+        img.convert("P", palette=Image.Palette.ADAPTIVE).save(dst_dir / f"{stem}.png")
+    else:
+        img.convert(mode).save(dst_dir / f"{stem}.png")
+
+
+def mixed_modes(work: Path) -> tuple[Path, list[str]]:
+    """Grocery's three top-level groups (Fruit, Packages, Vegetables), every photo of its
+    own train/val/test re-saved at a random scale in one of MODES."""
     out = work / "mixed-modes"
     done = out / ".done"
     if not done.exists():
         shutil.rmtree(out, ignore_errors=True)
         rng = np.random.default_rng(3)
-        modes = ["L", "RGBA", "P", "CMYK", "I;16", "RGB"]
         src_root = DATA / "grocery_store"
         for split in ("train", "val", "test"):
-            for cls_dir in sorted((src_root / split).iterdir())[:n_classes]:
-                if not cls_dir.is_dir():
-                    continue
+            for cls_dir in sorted(d for d in (src_root / split).iterdir() if d.is_dir()):
                 dst = out / split / cls_dir.name
                 dst.mkdir(parents=True, exist_ok=True)
                 for i, f in enumerate(_images(cls_dir)):
-                    img = Image.open(f).convert("RGB")
-                    scale = rng.uniform(0.4, 2.5)
-                    img = img.resize((max(16, round(img.width * scale)),
-                                      max(16, round(img.height * scale))))
-                    mode = modes[i % len(modes)]
-                    if mode == "CMYK":
-                        img.convert("CMYK").save(dst / f"{f.stem}.jpg", quality=90)
-                    elif mode == "I;16":
-                        arr = (np.asarray(img.convert("L"), np.uint16) * 257)
-                        Image.fromarray(arr).save(dst / f"{f.stem}.png")
-                    elif mode == "P":
-                        img.convert("P", palette=Image.Palette.ADAPTIVE).save(dst / f"{f.stem}.png")
-                    else:
-                        img.convert(mode).save(dst / f"{f.stem}.png")
+                    _resave(f, dst, i, rng)
+        done.write_text("ok")
+    return out, []
+
+
+def mixed_small(work: Path, per_class: int = 125) -> tuple[Path, list[str]]:
+    """Apple vs Pear from Grocery (any split), 125 each, re-saved like mixed-modes: a
+    250-image binary set whose 70/15/15 split leaves ~38 validation and ~38 test images."""
+    out = work / "mixed-small"
+    done = out / ".done"
+    if not done.exists():
+        shutil.rmtree(out, ignore_errors=True)
+        rng = np.random.default_rng(5)
+        for cls in ("Apple", "Pear"):
+            files = sorted(f for split in ("train", "val", "test")
+                           for f in _images(DATA / "grocery_store" / split / "Fruit" / cls))
+            dst = out / cls
+            dst.mkdir(parents=True, exist_ok=True)
+            for i, j in enumerate(sorted(rng.choice(len(files), per_class, replace=False))):
+                _resave(files[j], dst, i, rng, stem=f"{cls.lower()}_{i:03d}")
         done.write_text("ok")
     return out, []
 
@@ -170,6 +202,7 @@ def textures(work: Path) -> tuple[Path, list[str]]:
 SETS = {
     "neu": lambda w: (DATA / "neu_det" / "images", []),
     "breastmnist": lambda w: (DATA / "medmnist" / "breastmnist.npz", []),
+    "pneumoniamnist": lambda w: (DATA / "medmnist" / "pneumoniamnist_balanced.npz", []),
     "grocery-coarse": lambda w: (DATA / "grocery_store", []),
     "grocery-fine": lambda w: (DATA / "grocery_store", ["--labels", "leaf"]),
     "tile-binary": tile_binary,
@@ -179,6 +212,7 @@ SETS = {
     "neu-imbalanced": neu_imbalanced,
     "detail-large": detail_large,
     "mixed-modes": mixed_modes,
+    "mixed-small": mixed_small,
 }
 
 
