@@ -204,12 +204,25 @@ def test_selection_under_ties_keeps_the_simpler_candidate():
     # the fine-tune gets 2 more right (0.95): p = 0.5, validation cannot separate them
     tuned = _logits([0] * 38 + [1] * 2)
     assert select_candidate(y, probe, tuned)["value"] == "linear-probe"  # no k-fold evidence
+    # 38/40 against a k-fold accuracy of 0.93: P(X >= 38), X ~ B(40, 0.93), is ~0.46
     within = select_candidate(y, probe, tuned, simple_kfold=_kfold(0.90, 0.96))
-    assert within["value"] == "linear-probe" and "within" in within["reason"]
-    above = select_candidate(y, probe, tuned, simple_kfold=_kfold(0.86, 0.93))
+    assert within["value"] == "linear-probe" and "nor" in within["reason"]
+    assert within["kfold_test"]["p_value"] == pytest.approx(_upper_tail(38, 40, 0.93))
+    # ... above the probe's interval (0.875-0.905) but not significantly: still the probe
+    # (the old rule, "above the interval's upper end", took the fine-tune here)
+    near = select_candidate(y, probe, tuned, simple_kfold=_kfold(0.875, 0.905))
+    assert near["value"] == "linear-probe" and near["kfold_test"]["p_value"] > rules.SIGNIFICANCE
+    # ... against 0.80: P(X >= 38) = 0.0079 by hand, so the fine-tune
+    above = select_candidate(y, probe, tuned, simple_kfold=_kfold(0.76, 0.84))
     assert above["value"] == "finetune" and above["rule"] == "k-fold"
-    assert above["kfold"]["accuracy_ci"] == [0.86, 0.93]
+    assert above["kfold_test"]["p_value"] == pytest.approx(_upper_tail(38, 40, 0.80))
+    assert above["kfold_test"]["p_value"] == pytest.approx(0.0079, abs=5e-4)
+    assert above["kfold"]["accuracy_ci"] == [0.76, 0.84]
     assert above["validation"]["accuracy"] == {"linear-probe": 0.9, "finetune": 0.95}
+
+
+def _upper_tail(k, n, p):
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
 
 
 def test_selection_when_validation_separates_them():
