@@ -102,7 +102,6 @@ def t_interval(values) -> tuple[float, float, float]:
 
 
 def plot(results: dict, out: Path) -> Path:
-
     import matplotlib
 
     matplotlib.use("Agg")

@@ -78,7 +78,6 @@ def run(x, y, classes, train, test, rate, seed) -> dict:
 
 
 def plot(results: dict, out: Path) -> Path:
-
     import matplotlib
 
     matplotlib.use("Agg")
