@@ -94,12 +94,13 @@ def test_random_bytes_are_never_an_image(http, data):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+# Content types the client can send: httpx/h11 refuse a header value with surrounding whitespace.
 @given(body=st.binary(max_size=2048),
        ctype=st.one_of(st.sampled_from([
            "multipart/form-data; boundary=b", "multipart/form-data", "multipart/mixed",
            "application/json", "image/png", "text/plain; charset=utf-8", "",
            "multipart/form-data; boundary=" + "-" * 70, "multipart/form-data; boundary=\"\""]),
-           st.text(max_size=60).filter(lambda s: s.isascii() and s.isprintable())))
+           st.text(max_size=60).filter(lambda s: s.isascii() and s.isprintable() and s == s.strip())))
 def test_fuzzed_bodies_and_content_types(http, body, ctype):
     r = http.post("/v1/predict", content=body, headers={"content-type": ctype})
     _check(r, allow_ok=False)
